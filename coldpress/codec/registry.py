@@ -1,0 +1,85 @@
+"""Codecs by name.
+
+Codec modules register a factory under a name; ``get_codec(name)`` returns one shared instance per
+name and options (learned codecs load their weights once). ``decode_bitstream`` reads the codec name
+from a container and decodes with the codec that made it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from coldpress.codec import container
+from coldpress.codec.base import Codec
+from coldpress.errors import ModelMismatchError
+
+_FACTORIES: dict[str, Callable[..., Codec]] = {}
+_INSTANCES: dict[tuple, Codec] = {}
+_LOCK = threading.Lock()
+# Modules whose import registers codecs; imported lazily so that `import coldpress` stays light.
+_CODEC_MODULES = ("coldpress.codec.reference", "coldpress.codec.learned")
+
+
+def register(name: str) -> Callable[[Callable[..., Codec]], Callable[..., Codec]]:
+    """Decorator: register a codec class or factory under ``name``."""
+
+    def deco(factory: Callable[..., Codec]) -> Callable[..., Codec]:
+        if name in _FACTORIES and _FACTORIES[name] is not factory:
+            raise ValueError(f"codec name {name!r} is registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_codec_modules() -> None:
+    for module in _CODEC_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def codec_names() -> list[str]:
+    """Names of every registered codec."""
+    _load_codec_modules()
+    return sorted(_FACTORIES)
+
+
+def get_codec(name: str, **options: Any) -> Codec:
+    """The shared instance of codec ``name`` built with ``options``."""
+    _load_codec_modules()
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown codec {name!r}; choose one of: {', '.join(sorted(_FACTORIES))}")
+    key = (name, tuple(sorted(options.items())))
+    with _LOCK:
+        codec = _INSTANCES.get(key)
+        if codec is None:
+            codec = _FACTORIES[name](**options)
+            _INSTANCES[key] = codec
+    return codec
+
+
+def codec_for_bitstream(data: bytes, **options: Any) -> Codec:
+    """The codec that can decode ``data``, or ModelMismatchError naming the codec/model it needs."""
+    b = container.unpack(data)
+    _load_codec_modules()
+    if b.codec not in _FACTORIES:
+        raise ModelMismatchError(
+            f"this bitstream was made by codec {b.codec!r}, which this installation does not have "
+            f"(it has: {', '.join(sorted(_FACTORIES))}); install the coldpress version or plugin "
+            "that provides it"
+        )
+    codec = get_codec(b.codec, **options)
+    codec.check_compatible(b)
+    return codec
+
+
+def decode_bitstream(data: bytes, **options: Any) -> np.ndarray:
+    """Decode container bytes with whichever registered codec made them."""
+    return codec_for_bitstream(data, **options).decode(data)
