@@ -1,0 +1,245 @@
+"""Networks of the learned extreme codec.
+
+- ``ShallowEncoder``: an AEIC-style shallow CNN analysis transform (stride-2 convolutions with GDN),
+  under 1 M parameters, so that encoding is cheap on the sender side.
+- ``Synthesis``: a heavier decoder (sub-pixel upsampling with residual blocks) that produces the
+  coarse, fidelity-oriented reconstruction (the 0-step decode; a diffusion refiner may follow).
+- ``HyperAnalysis`` / ``HyperSynthesis``: the mean-scale hyperprior (Ballé 2018, Minnen 2018) whose
+  synthesis uses only convolutions, ReLU and pixel shuffles so that it can run in exact fixed point
+  (see ``fixedpoint.py``): entropy parameters then decode identically on every device.
+- ``GainUnits``: per-channel gain vectors at K trained rate points, interpolated geometrically for a
+  continuous rate knob ``q`` in [0, K-1] (one model for every bitrate).
+- ``ExtremeCodecNet``: the whole trainable model on compressai's EntropyBottleneck and
+  GaussianConditional.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from compressai.models.base import CompressionModel
+from compressai.models.utils import update_registered_buffers
+
+# Scales of the Gaussian conditional: 64 log-spaced values (compressai's defaults).
+SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+
+
+def scale_table() -> torch.Tensor:
+    return torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture hyper-parameters; stored in the weights file's metadata."""
+
+    latent_stride: int = 16  # 16 or 32: downsampling of the main latent
+    enc_channels: tuple[int, ...] = (64, 96, 144)
+    latent_channels: int = 192  # M
+    hyper_channels: int = 128  # N
+    hyper_latent_channels: int = 96
+    dec_channels: tuple[int, ...] = (192, 160, 128, 96, 64)  # from coarse to fine
+    rate_points: int = 6
+    lambdas: tuple[float, ...] = (0.00012, 0.00025, 0.0005, 0.001, 0.002, 0.004)
+
+    @property
+    def hyper_stride(self) -> int:
+        return 4 if self.latent_stride == 16 else 2
+
+    @property
+    def total_stride(self) -> int:
+        return self.latent_stride * self.hyper_stride
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class ShallowEncoder(nn.Module):
+    """x (B,3,H,W) in [0,1] -> y (B,M,H/s,W/s)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        n_down = int(math.log2(cfg.latent_stride))
+        chans = list(cfg.enc_channels)
+        while len(chans) < n_down - 1:
+            chans.append(chans[-1])
+        chans = chans[: n_down - 1]
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, c in enumerate(chans):
+            layers += [conv(cin, c, 5 if i == 0 else 3, 2), GDN(c)]
+            cin = c
+        layers.append(conv(cin, cfg.latent_channels, 3, 2))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = conv(c, c)
+        self.conv2 = conv(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(F.leaky_relu(x, 0.1)), 0.1))
+
+
+class Up(nn.Module):
+    """Sub-pixel x2 upsampling followed by a residual block."""
+
+    def __init__(self, cin: int, cout: int, res: bool = True):
+        super().__init__()
+        self.conv = conv(cin, cout * 4)
+        self.shuffle = nn.PixelShuffle(2)
+        self.res = ResBlock(cout) if res else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res(F.leaky_relu(self.shuffle(self.conv(x)), 0.1))
+
+
+class Synthesis(nn.Module):
+    """y_hat (B,M,h,w) -> x_hat (B,3,h*s,w*s)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        n_up = int(math.log2(cfg.latent_stride))
+        chans = list(cfg.dec_channels)
+        while len(chans) < n_up + 1:
+            chans.insert(0, chans[0])
+        chans = chans[-(n_up + 1) :]
+        self.head = nn.Sequential(conv(cfg.latent_channels, chans[0]), ResBlock(chans[0]))
+        ups = []
+        for i in range(n_up):
+            # The last (full resolution) stage has no residual block: it is the costliest.
+            ups.append(Up(chans[i], chans[i + 1], res=i < n_up - 1))
+        self.ups = nn.Sequential(*ups)
+        self.tail = conv(chans[-1], 3)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.ups(self.head(y)))
+
+
+class HyperAnalysis(nn.Module):
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        layers: list[nn.Module] = [conv(cfg.latent_channels, cfg.hyper_channels, 3), nn.LeakyReLU(0.1)]
+        n_down = int(math.log2(cfg.hyper_stride))
+        cin = cfg.hyper_channels
+        for i in range(n_down):
+            cout = cfg.hyper_latent_channels if i == n_down - 1 else cfg.hyper_channels
+            layers.append(conv(cin, cout, 5, 2))
+            if i < n_down - 1:
+                layers.append(nn.LeakyReLU(0.1))
+            cin = cout
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+class HyperSynthesis(nn.Module):
+    """z_hat -> (means, scales). Convolutions, ReLU and pixel shuffles only (fixed-point friendly)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        n_up = int(math.log2(cfg.hyper_stride))
+        layers: list[nn.Module] = []
+        cin = cfg.hyper_latent_channels
+        for _ in range(n_up):
+            layers += [conv(cin, cfg.hyper_channels * 4, 3), nn.PixelShuffle(2), nn.ReLU()]
+            cin = cfg.hyper_channels
+        layers += [conv(cin, cfg.hyper_channels * 3 // 2, 3), nn.ReLU()]
+        layers.append(conv(cfg.hyper_channels * 3 // 2, cfg.latent_channels * 2, 3))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        means, scales = self.net(z_hat).chunk(2, dim=1)
+        return means, scales
+
+
+class GainUnits(nn.Module):
+    """K learned gain vectors (and inverse gains); continuous rate knob by geometric interpolation."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        k = cfg.rate_points
+        # Initialise gains log-spaced so that the rate points start apart.
+        init = torch.exp(torch.linspace(-1.5, 1.5, k))[:, None].repeat(1, cfg.latent_channels)
+        self.gain = nn.Parameter(init.clone())
+        self.inv_gain = nn.Parameter(1.0 / init)
+
+    def _interp(self, table: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        q = q.clamp(0, table.shape[0] - 1)
+        lo = q.floor().long().clamp(max=table.shape[0] - 2)
+        t = (q - lo.to(q.dtype))[:, None]
+        a = table.abs()[lo] + 1e-6
+        b = table.abs()[lo + 1] + 1e-6
+        return (a.log() * (1 - t) + b.log() * t).exp()[:, :, None, None]
+
+    def forward(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and inverse gain, each (B, M, 1, 1), for rate knobs q (B,)."""
+        return self._interp(self.gain, q), self._interp(self.inv_gain, q)
+
+
+class ExtremeCodecNet(CompressionModel):
+    """The trainable model. ``forward`` is the training path (noisy quantization, likelihoods)."""
+
+    def __init__(self, cfg: NetConfig = NetConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.g_a = ShallowEncoder(cfg)
+        self.g_s = Synthesis(cfg)
+        self.h_a = HyperAnalysis(cfg)
+        self.h_s = HyperSynthesis(cfg)
+        self.gains = GainUnits(cfg)
+        self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    def lambda_for(self, q: torch.Tensor) -> torch.Tensor:
+        """Rate-distortion lambda at rate knob q (geometric interpolation of the trained lambdas)."""
+        lams = torch.tensor(self.cfg.lambdas, device=q.device).log()
+        q = q.clamp(0, len(lams) - 1)
+        lo = q.floor().long().clamp(max=len(lams) - 2)
+        t = q - lo.to(q.dtype)
+        return (lams[lo] * (1 - t) + lams[lo + 1] * t).exp()
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor) -> dict:
+        gain, inv_gain = self.gains(q)
+        y = self.g_a(x) * gain
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        means, scales = self.h_s(z_hat)
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        # Straight-through rounding for the synthesis input (as in recent compressai training).
+        y_st = torch.round(y - means).detach() + (y - means) - (y - means).detach() + means
+        x_hat = self.g_s(y_st * inv_gain)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def load_state_dict(self, state_dict, strict: bool = True):  # noqa: D102 - strict by default
+        for name, module in self.named_modules():
+            if isinstance(module, EntropyBottleneck):
+                update_registered_buffers(module, name, ["_quantized_cdf", "_offset", "_cdf_length"], state_dict)
+            if isinstance(module, GaussianConditional):
+                update_registered_buffers(
+                    module, name, ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"], state_dict
+                )
+        return nn.Module.load_state_dict(self, state_dict, strict=strict)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

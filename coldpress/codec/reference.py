@@ -1,0 +1,243 @@
+"""Reference codecs: standard still-image formats through Pillow, with rate control.
+
+They are the baselines the learned codecs are measured against, and a dependable fallback:
+
+- ``jpeg``, ``webp``, ``avif``: the image coded at full scale;
+- ``avif-half``, ``avif-quarter``: the image downscaled by 2 or 4 (Lanczos), coded as AVIF, and
+  upscaled back to its original size (Lanczos) on decode. At 0.01-0.05 bpp a full-scale AVIF
+  cannot go low enough (its lowest quality needs ~0.06 bpp on a Kodak image); coding fewer pixels can.
+
+All of them share ``PillowCodec``: rate control binary-searches the format's quality knob for the
+highest quality whose payload fits the byte budget. The container params are ``{"q": quality}``
+plus ``"s": scale`` for the downscaling codecs. Encoding is deterministic: the same image gives the
+same bytes (AVIF pins its speed and thread count, since libaom's output depends on both).
+Payloads carry no metadata (no EXIF, ICC or XMP): they are encoded from bare pixel arrays, and the
+archive row carries the source's metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from coldpress.codec.base import Codec, EncodeResult
+from coldpress.codec.registry import register
+from coldpress.errors import BitstreamError, InputRejected, RateUnreachableError
+
+_RESAMPLE = Image.Resampling.LANCZOS
+
+
+class _LowestQualityTooLarge(RateUnreachableError):
+    """Raised by ``_encode_rgb`` when the lowest quality overflows; ``encode`` restates it in bpp."""
+
+    def __init__(self, message: str, needed_payload_bytes: int, max_payload_bytes: int):
+        super().__init__(message)
+        self.needed_payload_bytes = needed_payload_bytes
+        self.max_payload_bytes = max_payload_bytes
+
+
+class PillowCodec(Codec):
+    """A reference codec: one Pillow image format, at full scale or downscaled by ``scale``."""
+
+    #: Pillow format name ("JPEG", "WEBP", "AVIF").
+    pil_format: ClassVar[str]
+    #: Integer downscale factor applied before encoding (1: full scale).
+    scale: ClassVar[int] = 1
+    #: Lowest and highest value of Pillow's ``quality`` option for this format.
+    quality_range: ClassVar[tuple[int, int]] = (0, 100)
+    #: Largest width or height the format can code.
+    max_dimension: ClassVar[int]
+    #: Whether a grayscale image is coded as a one-channel image (saves the chroma bits).
+    codes_grayscale: ClassVar[bool] = True
+    #: What to tell a user whose target this codec cannot reach.
+    lower_rate_hint: ClassVar[str] = "raise --bpp"
+
+    # -- format specifics ------------------------------------------------------------------------
+    def _save_options(self, grayscale: bool) -> dict[str, Any]:
+        """Pillow ``save`` options besides ``quality``; fixed so that encoding is deterministic."""
+        return {}
+
+    # -- Codec contract ----------------------------------------------------------------------
+    def coded_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the image actually coded for a ``width`` x ``height`` input."""
+        return max(1, math.ceil(width / self.scale)), max(1, math.ceil(height / self.scale))
+
+    def _params_probe(self) -> dict[str, Any]:
+        return self._params(self.quality_range[1])
+
+    def _params(self, quality: int) -> dict[str, Any]:
+        return {"q": quality} if self.scale == 1 else {"q": quality, "s": self.scale}
+
+    def _prepare(self, rgb: np.ndarray) -> tuple[Image.Image, dict[str, Any]]:
+        """The Pillow image actually coded (downscaled, one channel if gray) and its save options."""
+        h, w = rgb.shape[:2]
+        cw, ch = self.coded_size(w, h)
+        if max(cw, ch) > self.max_dimension:
+            raise InputRejected(
+                f"{self.name} cannot code an image of {cw}x{ch} pixels (its limit is {self.max_dimension} "
+                "per side); use avif, avif-half or avif-quarter, or tile the image before archiving"
+            )
+        grayscale = self.codes_grayscale and bool(
+            np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2])
+        )
+        image = Image.fromarray(rgb[:, :, 0] if grayscale else rgb, "L" if grayscale else "RGB")
+        if (cw, ch) != (w, h):
+            image = image.resize((cw, ch), _RESAMPLE)
+        return image, self._save_options(grayscale)
+
+    def _save(self, image: Image.Image, quality: int, options: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format=self.pil_format, quality=quality, **options)
+        return buf.getvalue()
+
+    def payload_at_quality(self, rgb: np.ndarray, quality: int) -> bytes:
+        """The payload of an (H, W, 3) uint8 image at a given quality, without rate control."""
+        lo, hi = self.quality_range
+        if not lo <= quality <= hi:
+            raise ValueError(f"{self.name} quality must be in {lo}..{hi}, got {quality}")
+        image, options = self._prepare(np.ascontiguousarray(rgb))
+        return self._save(image, quality, options)
+
+    def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
+        h, w = rgb.shape[:2]
+        image, options = self._prepare(rgb)
+        lo, hi = self.quality_range
+        best = self._save(image, lo, options)
+        if len(best) > max_payload_bytes:
+            raise _LowestQualityTooLarge(
+                f"{self.name} cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes: its "
+                f"lowest quality needs {len(best)}; {self.lower_rate_hint}",
+                needed_payload_bytes=len(best),
+                max_payload_bytes=max_payload_bytes,
+            )
+        # Highest quality that fits: `lo` always fits, `hi + 1` is out of range (treated as too big).
+        # Sizes grow with quality almost monotonically; where they do not, this still returns a fit.
+        best_q, too_big = lo, hi + 1
+        while too_big - best_q > 1:
+            mid = (best_q + too_big) // 2
+            payload = self._save(image, mid, options)
+            if len(payload) <= max_payload_bytes:
+                best_q, best = mid, payload
+            else:
+                too_big = mid
+        return best, self._params(best_q)
+
+    def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
+        scale = params.get("s", 1)
+        if scale != self.scale:
+            raise BitstreamError(
+                f"this {self.name} bitstream says it was coded at scale {scale!r}, but {self.name} codes at "
+                f"scale {self.scale}; the bitstream was written by a faulty encoder, re-encode the source image"
+            )
+        expected = self.coded_size(width, height)
+        try:
+            with warnings.catch_warnings():
+                # The size is checked against the header below, which is what bounds the work.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(payload), formats=[self.pil_format])
+                if image.size != expected:
+                    raise BitstreamError(
+                        f"the {self.name} payload holds a {image.size[0]}x{image.size[1]} image where the "
+                        f"header of this {width}x{height} bitstream needs {expected[0]}x{expected[1]}; "
+                        "the bitstream is corrupted, restore it from the archive or a replica"
+                    )
+                image.load()
+                image = image.convert("RGB")
+        except BitstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, the payload does not decode
+            raise BitstreamError(
+                f"the {self.name} payload of this bitstream does not decode as {self.pil_format} "
+                f"({type(exc).__name__}: {exc}); the bitstream is corrupted, restore it from the archive "
+                "or a replica, or re-encode the source image"
+            ) from None
+        if image.size != (width, height):
+            image = image.resize((width, height), _RESAMPLE)
+        return np.asarray(image, dtype=np.uint8)
+
+    def encode(self, image: np.ndarray, bpp: float) -> EncodeResult:
+        try:
+            return super().encode(image, bpp)
+        except _LowestQualityTooLarge as exc:
+            # Restate in bits per pixel of the whole container: the header overhead is the same at any rate.
+            h, w = image.shape[:2]
+            overhead = int(bpp * w * h / 8) - exc.max_payload_bytes
+            needed_bpp = 8 * (exc.needed_payload_bytes + overhead) / (w * h)
+            raise RateUnreachableError(
+                f"{self.name} cannot reach {bpp:g} bpp on this {w}x{h} image (its lowest quality needs "
+                f"{math.ceil(needed_bpp * 1000) / 1000:.3f} bpp); {self.lower_rate_hint}"
+            ) from None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "format": self.pil_format.lower(), "scale": self.scale}
+
+
+@register("jpeg")
+class JpegCodec(PillowCodec):
+    """Baseline JPEG (libjpeg-turbo), 4:2:0, optimized Huffman tables."""
+
+    name = "jpeg"
+    pil_format = "JPEG"
+    quality_range = (1, 100)  # libjpeg treats 0 as 1
+    max_dimension = 65500
+    lower_rate_hint = "raise --bpp or use avif, avif-half or avif-quarter, which reach lower rates"
+
+    def _save_options(self, grayscale: bool) -> dict[str, Any]:
+        return {"optimize": True, "subsampling": "4:2:0"}
+
+
+@register("webp")
+class WebpCodec(PillowCodec):
+    """Lossy WebP (libwebp), slowest and best method."""
+
+    name = "webp"
+    pil_format = "WEBP"
+    max_dimension = 16383
+    codes_grayscale = False  # lossy WebP is always YUV 4:2:0
+    lower_rate_hint = "raise --bpp or use avif, avif-half or avif-quarter, which reach lower rates"
+
+    def _save_options(self, grayscale: bool) -> dict[str, Any]:
+        return {"method": 6, "lossless": False}
+
+
+@register("avif")
+class AvifCodec(PillowCodec):
+    """AVIF (libavif with libaom), 4:2:0 (4:0:0 for grayscale), speed 6."""
+
+    name = "avif"
+    pil_format = "AVIF"
+    max_dimension = 65536
+    lower_rate_hint = "raise --bpp or use avif-half or avif-quarter"
+    #: libaom's output depends on the speed preset and on whether it runs one thread or several.
+    speed: ClassVar[int] = 6
+    threads: ClassVar[int] = 2
+
+    def _save_options(self, grayscale: bool) -> dict[str, Any]:
+        return {
+            "speed": self.speed,
+            "subsampling": "4:0:0" if grayscale else "4:2:0",
+            "max_threads": self.threads,
+        }
+
+
+@register("avif-half")
+class AvifHalfCodec(AvifCodec):
+    """AVIF of the image downscaled by 2, upscaled back on decode."""
+
+    name = "avif-half"
+    scale = 2
+    lower_rate_hint = "raise --bpp or use avif-quarter"
+
+
+@register("avif-quarter")
+class AvifQuarterCodec(AvifCodec):
+    """AVIF of the image downscaled by 4, upscaled back on decode."""
+
+    name = "avif-quarter"
+    scale = 4
+    lower_rate_hint = "raise --bpp"

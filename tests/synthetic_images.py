@@ -1,0 +1,51 @@
+"""Small generated test images that code like natural ones: smooth gradients, shapes, edges, noise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def natural_image(height: int = 96, width: int = 128, mode: str = "RGB", seed: int = 0) -> np.ndarray:
+    """A deterministic uint8 image of ``mode`` ("L", "LA", "RGB", "RGBA").
+
+    RGB: a smooth colour gradient, a few filled discs and rectangles with hard edges, a soft
+    sinusoidal texture and a little Gaussian noise. The alpha plane of LA/RGBA is not opaque:
+    a radial ramp with a fully transparent corner.
+    """
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    u, v = x / max(width - 1, 1), y / max(height - 1, 1)
+    rgb = np.stack(
+        [60 + 140 * u, 40 + 160 * v, 180 - 120 * u * v], axis=2
+    ) + 12 * np.sin(2 * np.pi * (3 * u + 2 * v))[:, :, None]
+    for _ in range(6):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(0.08, 0.25) * min(width, height)
+        colour = rng.uniform(0, 255, size=3)
+        if rng.random() < 0.5:
+            inside = (x - cx) ** 2 + (y - cy) ** 2 < r**2
+        else:
+            inside = (abs(x - cx) < r) & (abs(y - cy) < 0.6 * r)
+        rgb[inside] = colour
+    rgb += rng.normal(0, 3, size=(height, width, 1))  # sensor-like noise, mostly in luma
+    rgb = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    if mode == "RGB":
+        return rgb
+    gray = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    gray = np.clip(gray, 0, 255).astype(np.uint8)
+    alpha = np.clip(255 * (1.4 - np.hypot(u - 0.3, v - 0.4) * 1.6), 0, 255).astype(np.uint8)
+    alpha[: height // 6, : width // 6] = 0
+    if mode == "L":
+        return gray
+    if mode == "LA":
+        return np.stack([gray, alpha], axis=2)
+    if mode == "RGBA":
+        return np.concatenate([rgb, alpha[:, :, None]], axis=2)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 images of the same shape."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
