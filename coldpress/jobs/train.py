@@ -273,14 +273,80 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--eval", help="folder of images to evaluate (estimated bpp, PSNR) after training")
+    p.add_argument("--model-id", help="export the checkpoint as shippable weights under this model id")
+    p.add_argument("--export-to", help="folder for the exported weights (default: the package's weights folder)")
+    p.add_argument("--register", action="store_true", help="make the exported model the default in MODELS.json")
     p.add_argument("--reset-optimizer", action="store_true", help="resume weights but start a fresh optimizer")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    train(args)
+def _licences(folders: list[str]) -> list[str]:
+    """Licence notes of the training folders, from the MANIFEST.md of the data folder when present."""
+    notes = []
+    for folder in folders:
+        root = Path(folder)
+        manifest = next((p / "MANIFEST.md" for p in [root, *root.parents] if (p / "MANIFEST.md").exists()), None)
+        if manifest is None:
+            notes.append(f"{folder}: no MANIFEST.md found; check the licences of these images yourself")
+            continue
+        for line in manifest.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 7 and cells[0].startswith("train/"):
+                notes.append(f"{cells[0]}: {cells[-1]} (origin: {cells[-2]})")
+    return notes
+
+
+def export_run(args: argparse.Namespace, state: dict) -> Path:
+    """Export the run's checkpoint to shippable weights, with a model card; optionally register it."""
+    from coldpress.codec.export import export
+    from coldpress.codec.models import REGISTRY_FILE, WEIGHTS_DIR, file_sha256, registry
+
+    run = Path(args.run)
+    calib_paths = list_images([args.eval or (state["data"] or [DEFAULT_DATA])[0]])[:8]
+    calibration = []
+    for p in calib_paths:
+        import fsspec
+
+        with fsspec.open(p, "rb") as f:
+            calibration.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+    eval_note = state.get("eval")
+    card = {
+        "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes on {state.get('device', '?')}, "
+                    f"random {args.crop}x{args.crop} crops, batch {args.batch}, Adam",
+        "training folders": ", ".join(state["data"]),
+        "licences of the training data": "; ".join(_licences(state["data"])) or "see the folders' own terms",
+        "final metrics (estimated rate on the eval folder)": json.dumps(eval_note) if eval_note else "not evaluated",
+        "reproduce": f"coldpress train --run {run} ... (see coldpress/jobs/train.py); log in log.csv of the run",
+    }
+    out_dir = Path(args.export_to) if args.export_to else WEIGHTS_DIR
+    path = export(run / "checkpoint.safetensors", out_dir, args.model_id, calibration, card)
+    print(f"train: exported {path} (sha256 {file_sha256(path)})")
+    if args.register:
+        reg = registry()
+        reg["models"][args.model_id] = {"file": path.name, "sha256": file_sha256(path)}
+        reg["default"] = args.model_id
+        REGISTRY_FILE.write_text(json.dumps(reg, indent=1) + "\n")
+        print(f"train: registered {args.model_id} as the default learned model in {REGISTRY_FILE}")
+    return path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train the learned codec (resumable) and export its weights",
+                              description=__doc__)
+    build_parser(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    state = train(args) if args.steps > 0 or not (Path(args.run) / "state.json").exists() else json.loads(
+        (Path(args.run) / "state.json").read_text())
+    if args.model_id:
+        export_run(args, state)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Export a training checkpoint into shippable weights (safetensors) plus a model card.
+
+Steps: build the CDF tables of the entropy models (once, here, so every device uses the same
+tables), quantize the hyper-synthesis into fixed point with activation ranges calibrated on
+real images, store float networks in float16 (halves the size; decoding computes in float64 and
+encoding in float32 anyway), and write the file with the architecture config in its metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from coldpress.codec.fixedpoint import FixedPointHyperSynthesis
+from coldpress.codec.models import FIXED_PREFIX
+from coldpress.codec.networks import ExtremeCodecNet, NetConfig, count_parameters, scale_table
+
+# Tensors kept in float32: the entropy models (their quantiles and tables define the bitstream).
+_KEEP_FP32 = ("entropy_bottleneck.", "gaussian_conditional.", "gains.")
+
+
+def load_checkpoint(path: str | Path) -> tuple[ExtremeCodecNet, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = NetConfig.from_dict(json.loads(meta["config"]))
+    net = ExtremeCodecNet(cfg)
+    net.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}, strict=True)
+    return net.eval(), meta
+
+
+@torch.no_grad()
+def calibration_latents(net: ExtremeCodecNet, images: list[np.ndarray]) -> list[torch.Tensor]:
+    """Quantized hyper-latents of ``images`` at every trained rate point."""
+    out = []
+    stride = net.cfg.total_stride
+    for rgb in images:
+        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, (-w) % stride, 0, (-h) % stride), mode="replicate")
+        y0 = net.g_a(x)
+        for q in range(net.cfg.rate_points):
+            gain, _ = net.gains(torch.tensor([float(q)]))
+            z = net.h_a(y0 * gain)
+            out.append(net.entropy_bottleneck.quantize(z, "dequantize", net.entropy_bottleneck._get_medians()))
+    return out
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibration: list[np.ndarray],
+           card: dict) -> Path:
+    """Write ``out_dir/<model_id>.safetensors`` and ``<model_id>.md``; return the weights path."""
+    from safetensors.torch import save_file
+
+    net, meta = load_checkpoint(checkpoint)
+    net.update(scale_table=scale_table(), force=True)
+    fixed = FixedPointHyperSynthesis.from_float(net.h_s, calibration_latents(net, calibration))
+    tensors = {}
+    for k, v in net.state_dict().items():
+        if k.startswith("h_s."):
+            continue
+        v = v.detach().cpu().contiguous()
+        if v.is_floating_point() and not k.startswith(_KEEP_FP32):
+            v = v.half()
+        tensors[k] = v
+    for k, v in fixed.state_dict().items():
+        tensors[FIXED_PREFIX + k] = v.detach().cpu().contiguous()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{model_id}.safetensors"
+    save_file(tensors, str(path), metadata={"config": meta["config"], "model_id": model_id,
+                                             "format": "coldpress-learned/1"})
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    params = {
+        "encoder (g_a)": count_parameters(net.g_a),
+        "hyper-analysis (h_a)": count_parameters(net.h_a),
+        "hyper-synthesis (h_s, fixed point)": count_parameters(net.h_s),
+        "decoder (g_s)": count_parameters(net.g_s),
+        "total": count_parameters(net),
+    }
+    lines = [
+        f"# Model card: {model_id}", "",
+        "The learned extreme codec of coldpress (`--codec learned`): an AEIC-style shallow encoder, a mean-scale",
+        "hyperprior on compressai's entropy models with a fixed-point hyper-synthesis (bit-exact entropy",
+        "parameters on every device), gain units for one continuous rate knob, and a coarse decoder.", "",
+        f"- weights: `{path.name}`, sha256 `{digest}`, {path.stat().st_size / 1e6:.1f} MB (float16 networks)",
+        f"- architecture: `{meta['config']}`",
+        "- parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in params.items()),
+    ]
+    for k, v in card.items():
+        lines.append(f"- {k}: {v}")
+    (out_dir / f"{model_id}.md").write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,131 @@
+"""Exact, device-independent evaluation of the hyper-synthesis (the entropy parameters).
+
+Learned codecs break when the decoder computes slightly different Gaussian scales than the encoder
+did: a scale that lands on the other side of a scale-table boundary selects another CDF and the
+range decoder produces garbage (compressai's "black blocks on another GPU"). coldpress designs this
+out: the hyper-synthesis runs in fixed point.
+
+- Weights are integers (per-output-channel scale, 12-bit signed), activations are integers with a
+  per-layer number of fractional bits chosen by calibration.
+- Convolutions of integer tensors are computed in float64, where every product and partial sum is an
+  exact integer below 2**53, so the result is the same for any summation order, thread count or device.
+- Rescaling, bias, ReLU and rounding are single IEEE-754 operations applied element-wise one at a
+  time (no fused multiply-add), which every device rounds identically.
+
+So means and scale indexes are bit-identical wherever the model runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+WEIGHT_BITS = 12
+ACT_LIMIT = float(2**16)  # activations stay within +-2**16 after rounding
+INPUT_FRAC_BITS = 6
+
+
+def _exact_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Convolution of integer-valued float64 tensors; exact on every backend."""
+    with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
+        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+
+
+class FixedPointHyperSynthesis(nn.Module):
+    """Integer version of ``networks.HyperSynthesis``; built by ``from_float`` or loaded from tensors."""
+
+    def __init__(self, layout: list[str], n_convs: int):
+        super().__init__()
+        # layout: the sequence of ops: "conv", "shuffle", "relu" (from the float module).
+        self.layout = list(layout)
+        self.n_convs = n_convs
+        for i in range(n_convs):
+            self.register_buffer(f"w{i}", torch.zeros(0, dtype=torch.int16))
+            self.register_buffer(f"scale{i}", torch.zeros(0, dtype=torch.float64))
+            self.register_buffer(f"bias{i}", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("frac_bits", torch.zeros(n_convs + 1, dtype=torch.int32))
+
+    @staticmethod
+    def layout_of(float_module: nn.Module) -> list[str]:
+        ops = []
+        for m in float_module.net:
+            if isinstance(m, nn.Conv2d):
+                ops.append("conv")
+            elif isinstance(m, nn.PixelShuffle):
+                ops.append("shuffle")
+            elif isinstance(m, nn.ReLU):
+                ops.append("relu")
+            else:
+                raise TypeError(f"hyper-synthesis layer {type(m).__name__} has no fixed-point form")
+        return ops
+
+    @classmethod
+    def from_float(cls, float_module: nn.Module, calibration_inputs: list[torch.Tensor]) -> "FixedPointHyperSynthesis":
+        """Quantize a trained ``HyperSynthesis``; activation ranges come from ``calibration_inputs``."""
+        layout = cls.layout_of(float_module)
+        convs = [m for m in float_module.net if isinstance(m, nn.Conv2d)]
+        fp = cls(layout, len(convs))
+        # Activation range at the input of each conv (and of the output), measured in float.
+        maxima = [0.0] * (len(convs) + 1)
+        with torch.no_grad():
+            for z in calibration_inputs:
+                x = z.double()
+                ci = 0
+                for op, m in zip(layout, float_module.net):
+                    if op == "conv":
+                        maxima[ci] = max(maxima[ci], float(x.abs().max()))
+                        x = F.conv2d(x, m.weight.double(), m.bias.double(), padding=m.padding)
+                        ci += 1
+                    else:
+                        x = m(x)
+                maxima[ci] = max(maxima[ci], float(x.abs().max()))
+        frac = []
+        for i, mx in enumerate(maxima):
+            if i == 0:
+                frac.append(INPUT_FRAC_BITS)
+            else:
+                # Leave 4x headroom over the calibrated maximum.
+                frac.append(int(max(0, min(12, math.floor(math.log2(ACT_LIMIT / (4 * max(mx, 1e-3))))))))
+        fp.frac_bits = torch.tensor(frac, dtype=torch.int32)
+        for i, m in enumerate(convs):
+            w = m.weight.detach().double()
+            step = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / (2 ** (WEIGHT_BITS - 1) - 1)
+            setattr(fp, f"w{i}", torch.round(w / step[:, None, None, None]).to(torch.int16))
+            # acc * scale converts the integer accumulator to real units.
+            setattr(fp, f"scale{i}", (step * 2.0 ** (-frac[i])).contiguous())
+            setattr(fp, f"bias{i}", m.bias.detach().double().contiguous())
+        return fp
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Buffers are created empty; take the stored shapes before the strict copy.
+        for name, buf in list(self._buffers.items()):
+            key = prefix + name
+            if key in state_dict and buf is not None and buf.shape != state_dict[key].shape:
+                self._buffers[name] = torch.empty_like(state_dict[key], dtype=buf.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means, scales) in float64, bit-identical on every device, thread count and process."""
+        frac = [int(v) for v in self.frac_bits]
+        x = torch.round(z_hat.double() * 2.0 ** frac[0])
+        ci = 0
+        for op in self.layout:
+            if op == "conv":
+                acc = _exact_conv(x, getattr(self, f"w{ci}").double())
+                y = acc * getattr(self, f"scale{ci}")[None, :, None, None]
+                y = y + getattr(self, f"bias{ci}")[None, :, None, None]
+                ci += 1
+                if ci == self.n_convs:
+                    x = y
+                    break
+                x = torch.round(y * 2.0 ** frac[ci]).clamp_(-ACT_LIMIT, ACT_LIMIT)
+            elif op == "shuffle":
+                x = F.pixel_shuffle(x, 2)
+            elif op == "relu":
+                x = torch.relu(x)
+        means, scales = x.chunk(2, dim=1)
+        return means, scales

@@ -1,0 +1,223 @@
+"""The learned extreme codec (codec name ``learned``): shallow encoder, hyperprior, coarse decoder.
+
+Encoding: optional downscaling (arbitrary scale, for the lowest rates), padding to the latent grid,
+the shallow encoder (tiled with a halo for large images, so memory follows the tile), gain vectors
+at a continuous rate knob ``q``, the hyper-analysis, real range coding of the hyper-latent with
+compressai's EntropyBottleneck, fixed-point hyper-synthesis (bit-exact entropy parameters on every
+device), and range coding of the latent with compressai's GaussianConditional.
+
+Rate control: for each candidate scale (largest first), a bisection on ``q`` finds the highest knob
+whose real bitstream fits the byte budget; sizes are always measured on real bitstreams.
+
+Decoding runs the synthesis in float64 (tiled with a halo for large images): pixel values then do not
+depend on summation order, thread count or device in practice; the fixed-point hyper path makes the
+entropy decoding itself exact.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from coldpress.codec.base import Codec
+from coldpress.codec.models import LoadedModel, load_model
+from coldpress.codec.registry import register
+from coldpress.errors import BitstreamError, RateUnreachableError
+
+#: Candidate downscaling factors, in eighths (8 = full size).
+SCALES_EIGHTHS = (8, 6, 4, 3, 2)
+Q_STEPS = 16  # the rate knob is stored in 1/16ths
+TILE = 1024  # pixels; images larger than this on a side are processed tile by tile
+HALO = 64  # pixels of context on each side of a tile
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise BitstreamError("learned payload is truncated or corrupted (bad length field); restore it from a replica")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _scaled_size(w: int, h: int, eighths: int) -> tuple[int, int]:
+    return max(1, math.ceil(w * eighths / 8)), max(1, math.ceil(h * eighths / 8))
+
+
+def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int) -> torch.Tensor:
+    """Apply a fully convolutional ``fn`` tile by tile with a halo; output size = input * factor.
+
+    ``align`` is the input granularity (tile origins and sizes are multiples of it), so the tiles'
+    outputs line up exactly.
+    """
+    _, _, h, w = x.shape
+    if h <= tile and w <= tile:
+        return fn(x)
+    out = None
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            t0, l0 = max(0, top - halo), max(0, left - halo)
+            t1, l1 = min(h, top + tile + halo), min(w, left + tile + halo)
+            y = fn(x[:, :, t0:t1, l0:l1])
+            if out is None:
+                out = y.new_empty(y.shape[0], y.shape[1], int(h * factor), int(w * factor))
+            oy, ox = int((top - t0) * factor), int((left - l0) * factor)
+            th, tw = int(min(tile, h - top) * factor), int(min(tile, w - left) * factor)
+            out[:, :, int(top * factor) : int(top * factor) + th, int(left * factor) : int(left * factor) + tw] = y[
+                :, :, oy : oy + th, ox : ox + tw
+            ]
+    return out
+
+
+@register("learned")
+class LearnedCodec(Codec):
+    """The learned extreme codec; ``model`` picks a shipped or local model (default: the bundled one)."""
+
+    name = "learned"
+
+    def __init__(self, model: str | None = None, device: str | None = None, tile: int = TILE):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.loaded: LoadedModel = load_model(model, self.device)
+        self.model_id = self.loaded.model_id
+        self.weights_hash = bytes.fromhex(self.loaded.sha256[:16])
+        self.device_class = self.device.type
+        self.tile = tile
+        self._lock = threading.Lock()  # compressai's coders are not re-entrant across threads
+
+    # -- network stages ------------------------------------------------------------------------
+    @property
+    def net(self):
+        return self.loaded.net
+
+    def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        stride = self.net.cfg.total_stride
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, (-w) % stride, 0, (-h) % stride), mode="replicate")
+
+    @torch.no_grad()
+    def analysis(self, rgb: np.ndarray, eighths: int) -> torch.Tensor:
+        """Unscaled latent y (before gains) of an RGB image downscaled to eighths/8."""
+        h, w = rgb.shape[:2]
+        if eighths != 8:
+            sw, sh = _scaled_size(w, h, eighths)
+            rgb = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.Resampling.LANCZOS))
+        x = self._padded(self._to_tensor(rgb)).to(self.device)
+        s = self.net.cfg.latent_stride
+        return _tiled(self.net.g_a, x, 1 / s, self.tile, HALO, s)
+
+    @torch.no_grad()
+    def _code_latent(self, y: torch.Tensor, q16: int) -> bytes:
+        net = self.net
+        gain, _ = net.gains(torch.tensor([q16 / Q_STEPS], device=y.device))
+        y = y * gain
+        z = net.h_a(y)
+        with self._lock:
+            z_strings = net.entropy_bottleneck.compress(z)
+            z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        means, indexes = self.loaded.entropy_parameters(z_hat)
+        with self._lock:
+            y_strings = net.gaussian_conditional.compress(y.double().cpu(), indexes, means=means)
+        return _varint(len(z_strings[0])) + z_strings[0] + y_strings[0]
+
+    @torch.no_grad()
+    def estimate_bits(self, rgb: np.ndarray, q16: int, eighths: int = 8) -> float:
+        """The model's own rate estimate (from its likelihoods) for the bitstream ``_code_latent`` makes."""
+        net = self.net
+        y = self.analysis(rgb, eighths)
+        gain, _ = net.gains(torch.tensor([q16 / Q_STEPS], device=y.device))
+        y = y * gain
+        z = net.h_a(y)
+        z_hat, z_lik = net.entropy_bottleneck(z, training=False)
+        means, indexes = self.loaded.entropy_parameters(z_hat)
+        scales = net.gaussian_conditional.scale_table.double()[indexes.long()]
+        y_hat = torch.round(y.double().cpu() - means) + means
+        y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means=means).clamp_min(1e-9)
+        return float(-torch.log2(z_lik.double()).sum() - torch.log2(y_lik).sum())
+
+    # -- the Codec contract --------------------------------------------------------------------
+    def _params_probe(self) -> dict[str, Any]:
+        return {"q": 80, "s": 8}
+
+    def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
+        q_max = (self.net.cfg.rate_points - 1) * Q_STEPS
+        lowest = None
+        for eighths in SCALES_EIGHTHS:
+            y = self.analysis(rgb, eighths)
+            payload = self._code_latent(y, 0)
+            lowest = len(payload) if lowest is None else min(lowest, len(payload))
+            if len(payload) > max_payload_bytes:
+                continue  # even the lowest knob is too big at this scale: try a smaller one
+            best, lo, hi = (payload, 0), 1, q_max
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                candidate = self._code_latent(y, mid)
+                if len(candidate) <= max_payload_bytes:
+                    best, lo = (candidate, mid), mid + 1
+                else:
+                    hi = mid - 1
+            return best[0], {"q": best[1], "s": eighths}
+        h, w = rgb.shape[:2]
+        raise RateUnreachableError(
+            f"learned codec cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes "
+            f"(its lowest rate needs {lowest} bytes, about {8 * lowest / (w * h):.4f} bpp); raise --bpp"
+        )
+
+    @torch.no_grad()
+    def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
+        net = self.net
+        try:
+            q16, eighths = int(params["q"]), int(params["s"])
+        except (KeyError, TypeError, ValueError):
+            raise BitstreamError(f"learned bitstream has invalid rate parameters {params}; it is corrupted") from None
+        if eighths not in SCALES_EIGHTHS or not 0 <= q16 <= (net.cfg.rate_points - 1) * Q_STEPS:
+            raise BitstreamError(f"learned bitstream has out-of-range rate parameters {params}; it is corrupted")
+        n_z, pos = _read_varint(payload, 0)
+        if pos + n_z > len(payload):
+            raise BitstreamError("learned payload is truncated (hyper-latent longer than the payload)")
+        z_string, y_string = payload[pos : pos + n_z], payload[pos + n_z :]
+        sw, sh = _scaled_size(width, height, eighths)
+        stride = net.cfg.total_stride
+        ph, pw = math.ceil(sh / stride) * stride, math.ceil(sw / stride) * stride
+        z_shape = (ph // stride, pw // stride)
+        with self._lock:
+            z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
+        means, indexes = self.loaded.entropy_parameters(z_hat)
+        with self._lock:
+            y_hat = net.gaussian_conditional.decompress([y_string], indexes, means=means)
+        _, inv_gain = net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
+        y_hat = (y_hat.to(self.device) * inv_gain.double())
+        s = net.cfg.latent_stride
+        x_hat = _tiled(self.loaded.synthesis64, y_hat, s, self.tile // s, HALO // s, 1)
+        x_hat = x_hat[0, :, :sh, :sw].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if (sw, sh) != (width, height):
+            x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))
+        return np.ascontiguousarray(x_hat)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(self.loaded.card_summary())
+        return d

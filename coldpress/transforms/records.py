@@ -1,0 +1,422 @@
+"""Archive records: source bytes in, one archive row out; archive row in, pixels and image files out.
+
+These are the functions every engine calls per input. A row is a plain dict whose keys are the
+columns of the archive (``coldpress/transforms/schema.py``):
+
+=================  =========================================================================
+column             meaning
+=================  =========================================================================
+id                 stable record id: the normalized source key (``sources.record_id``)
+source_uri         where the source was read from
+source_bytes       size of the source file
+source_sha256      sha256 (hex) of the source file's bytes
+width, height      size of the coded image (after EXIF orientation)
+mode               mode coded: L, LA, RGB or RGBA (see ``transforms/read.py`` for the policy)
+source_format      Pillow's name of the source format (PNG, JPEG, TIFF, ...)
+source_mode        Pillow's mode of the source (P, I;16, CMYK, ...)
+codec              codec name
+model_id           model identity ("" for reference codecs)
+weights_hash       first 8 bytes of the weights' sha256, hex ("" for reference codecs)
+target_bpp         the bits per pixel asked for
+achieved_bpp       8 * len(bitstream) / (width * height), container included
+bitstream          the coldpress container bytes
+bitstream_sha256   sha256 (hex) of ``bitstream``, checked before every decode
+recon_sha256       sha256 (hex) of the decoded pixels' bytes (C order) when the row was written
+psnr               PSNR in dB of the decoded colour channels against the coded ones (alpha, stored
+                   losslessly, is left out); 99.0 for an exact reconstruction
+metadata           JSON text: EXIF, orientation, ICC profile, conversions, codec rate parameters
+coldpress_version  version of coldpress that wrote the row
+codec_version      model id for learned codecs, else the codec's version or "pillow-<version>"
+torch_version      installed torch version ("" if none)
+device_class       where the codec computed ("cpu", "cuda")
+created_at         UTC time the row was made (timezone-aware datetime)
+=================  =========================================================================
+
+Every row is verified on write: the bitstream is decoded right away and must give back an image
+of the coded size and mode; ``recon_sha256`` lets a later restore check it decodes the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import tempfile
+import unicodedata
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata as importlib_metadata
+from typing import Any, Mapping
+
+import numpy as np
+import PIL
+from PIL import Image
+
+from coldpress.codec.base import Codec, image_mode
+from coldpress.codec.registry import decode_bitstream
+from coldpress.errors import BitstreamError, ColdpressError, InputRejected
+from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
+from coldpress.transforms.sources import filesystem_for, record_id
+
+log = logging.getLogger(__name__)
+
+#: PSNR recorded for an exact reconstruction (and the cap of any higher value).
+PSNR_CAP = 99.0
+
+#: Output formats of restored images: name -> (Pillow format, file extension, keeps alpha).
+OUTPUT_FORMATS: dict[str, tuple[str, str, bool]] = {
+    "png": ("PNG", "png", True),
+    "webp": ("WEBP", "webp", True),
+    "tiff": ("TIFF", "tif", True),
+    "tif": ("TIFF", "tif", True),
+    "bmp": ("BMP", "bmp", False),  # Pillow reads 32-bit BMPs back as RGB
+    "jpeg": ("JPEG", "jpg", False),
+    "jpg": ("JPEG", "jpg", False),
+}
+_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "TIFF": {"compression": "tiff_deflate"}}
+
+# Permissions of restored files: what open() would give under the process umask.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_PERMISSIONS = 0o666 & ~_UMASK
+
+# Filesystems whose single write is atomic by nature: an object appears whole or not at all.
+_ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"}
+
+
+# -- versions -------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _installed_version(dist: str) -> str:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return ""
+
+
+def coldpress_version() -> str:
+    """The installed coldpress version ("0+unknown" when run from an uninstalled tree)."""
+    return _installed_version("coldpress") or "0+unknown"
+
+
+def codec_version(codec: Codec) -> str:
+    """What identifies the codec's implementation: its model id, a declared version, or Pillow's."""
+    described = codec.describe()
+    for key in ("codec_version", "version"):
+        if described.get(key):
+            return str(described[key])
+    if codec.model_id:
+        return codec.model_id
+    return f"pillow-{PIL.__version__}"
+
+
+# -- hashing and quality --------------------------------------------------------------------------
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """sha256 (hex) of an image array's bytes in C order: the ``recon_sha256`` of a row."""
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def _colour(pixels: np.ndarray) -> np.ndarray:
+    mode = image_mode(pixels)
+    if mode == "LA":
+        return pixels[:, :, :1]
+    if mode == "RGBA":
+        return pixels[:, :, :3]
+    return pixels
+
+
+def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """PSNR in dB of the colour channels of ``decoded`` against ``reference``, capped at PSNR_CAP."""
+    a = _colour(reference).astype(np.float64)
+    b = _colour(decoded).astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    if mse == 0.0:
+        return PSNR_CAP
+    return float(min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse)))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- writing rows ---------------------------------------------------------------------------------
+def encode_record(
+    key: str, uri: str, data: bytes, codec: Codec, bpp: float, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, Any]:
+    """One archive row for the source ``key`` read from ``uri`` with content ``data``.
+
+    Raises InputRejected for inputs that cannot be archived (including a failed verify-on-write) and
+    RateUnreachableError when the codec cannot reach ``bpp``.
+    """
+    rid = record_id(key)
+    decoded = decode_input(data, uri, max_pixels=max_pixels)
+    result = codec.encode(decoded.pixels, bpp)
+    try:
+        recon = codec.decode(result.bitstream)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks, the row must not be written
+        raise InputRejected(
+            f"{uri}: verify-on-write failed: the bitstream just written does not decode "
+            f"({type(exc).__name__}: {exc}); nothing was archived for it. This is a codec fault: report it "
+            "with this input, or archive it with another codec"
+        ) from None
+    if recon.shape != decoded.pixels.shape or recon.dtype != np.uint8:
+        raise InputRejected(
+            f"{uri}: verify-on-write failed: the bitstream decodes to a {recon.dtype} array of shape "
+            f"{recon.shape}, not the coded {decoded.pixels.shape}; nothing was archived for it. This is a "
+            "codec fault: report it with this input, or archive it with another codec"
+        )
+    metadata = dict(decoded.metadata)
+    metadata["codec_params"] = result.params
+    described = codec.describe()
+    return {
+        "id": rid,
+        "source_uri": str(uri),
+        "source_bytes": len(data),
+        "source_sha256": hashlib.sha256(data).hexdigest(),
+        "width": decoded.width,
+        "height": decoded.height,
+        "mode": decoded.mode,
+        "source_format": decoded.source_format,
+        "source_mode": decoded.source_mode,
+        "codec": codec.name,
+        "model_id": codec.model_id,
+        "weights_hash": str(described.get("weights_hash") or codec.weights_hash.hex()),
+        "target_bpp": float(bpp),
+        "achieved_bpp": float(result.achieved_bpp),
+        "bitstream": bytes(result.bitstream),
+        "bitstream_sha256": hashlib.sha256(result.bitstream).hexdigest(),
+        "recon_sha256": pixels_sha256(recon),
+        "psnr": psnr(decoded.pixels, recon),
+        "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str),
+        "coldpress_version": coldpress_version(),
+        "codec_version": codec_version(codec),
+        "torch_version": _installed_version("torch"),
+        "device_class": str(codec.device_class),
+        "created_at": _now(),
+    }
+
+
+def rejected_row(key: str, uri: str, reason: str) -> dict[str, Any]:
+    """A row of the rejected table."""
+    try:
+        rid = record_id(key)
+    except ColdpressError:
+        rid = str(key)
+    return {"id": rid, "source_uri": str(uri), "reason": reason, "created_at": _now()}
+
+
+def process_input(
+    key: str,
+    uri: str,
+    data_or_exc: bytes | BaseException,
+    codec: Codec,
+    bpp: float,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[str, dict[str, Any]]:
+    """("archived", row) or ("rejected", {"id", "source_uri", "reason", "created_at"}).
+
+    ``data_or_exc`` is the source's bytes, or the exception reading it raised. Bad input never
+    raises: every failure while decoding, encoding or verifying one input becomes a rejected row
+    whose reason names the error class and says what to do. Only a bad ``bpp`` (a job setting,
+    not an input) raises ValueError.
+    """
+    try:
+        valid_bpp = not isinstance(bpp, bool) and math.isfinite(float(bpp)) and float(bpp) > 0
+    except (TypeError, ValueError):
+        valid_bpp = False
+    if not valid_bpp:
+        raise ValueError(f"bpp must be a positive number, got {bpp!r}; pass e.g. --bpp 0.05")
+    if isinstance(data_or_exc, BaseException):
+        exc = data_or_exc
+        reason = (
+            f"ReadError: could not read {uri} ({type(exc).__name__}: {exc}); check that it exists and "
+            "that the job's credentials can read it, then run the job again"
+        )
+        return "rejected", rejected_row(key, uri, reason)
+    try:
+        return "archived", encode_record(key, uri, data_or_exc, codec, bpp, max_pixels=max_pixels)
+    except ColdpressError as exc:
+        return "rejected", rejected_row(key, uri, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one input must never fail the job
+        log.warning("unexpected error archiving %s", uri, exc_info=True)
+        reason = (
+            f"{type(exc).__name__}: {exc} (unexpected error while archiving {uri}; this input was "
+            "skipped; report it with the input if the cause is not clear)"
+        )
+        return "rejected", rejected_row(key, uri, reason)
+
+
+# -- reading rows ---------------------------------------------------------------------------------
+def decode_record(row: Mapping[str, Any]) -> np.ndarray:
+    """The image of an archive row, after checking its bitstream against ``bitstream_sha256``."""
+    rid = row.get("id", "?")
+    bitstream = row.get("bitstream")
+    if bitstream is None:
+        raise BitstreamError(
+            f"archive row {rid!r} has no bitstream; the archive is corrupt: restore it from a replica "
+            f"or re-encode the source {row.get('source_uri', '')}"
+        )
+    bitstream = bytes(bitstream)
+    expected = str(row.get("bitstream_sha256") or "")
+    actual = hashlib.sha256(bitstream).hexdigest()
+    if actual != expected.lower():
+        raise BitstreamError(
+            f"archive row {rid!r} is corrupt: its bitstream's sha256 is {actual} but the row records "
+            f"{expected or 'none'}; restore the archive file from a replica or re-encode the source "
+            f"{row.get('source_uri', '')}"
+        )
+    pixels = decode_bitstream(bitstream)
+    width, height = row.get("width"), row.get("height")
+    if width is not None and height is not None and pixels.shape[:2] != (int(height), int(width)):
+        raise BitstreamError(
+            f"archive row {rid!r} says {width}x{height} but its bitstream decodes to "
+            f"{pixels.shape[1]}x{pixels.shape[0]}; the archive is corrupt: restore it from a replica"
+        )
+    return pixels
+
+
+# -- restoring files ------------------------------------------------------------------------------
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+_UNSAFE_CHARS = re.compile(r'[<>:"|?*\\/]')
+_MAX_COMPONENT_BYTES = 200
+
+
+def _output_format(fmt: str) -> tuple[str, str, bool]:
+    spec = OUTPUT_FORMATS.get(str(fmt).lower().lstrip("."))
+    if spec is None:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of: {', '.join(sorted(OUTPUT_FORMATS))}")
+    return spec
+
+
+def _safe_component(part: str) -> str:
+    part = unicodedata.normalize("NFC", part)
+    chars = []
+    for ch in part:
+        category = unicodedata.category(ch)
+        if category[0] in ("C", "Z") and ch != " ":  # control, format, surrogate, unassigned, separators
+            chars.append("_")
+        elif _UNSAFE_CHARS.match(ch):
+            chars.append("_")
+        else:
+            chars.append(ch)
+    safe = "".join(chars).strip(" .")  # Windows drops trailing dots and spaces; leading ones hide files
+    if not safe:
+        safe = "_"
+    if safe.split(".")[0].upper() in _WINDOWS_RESERVED:
+        safe = "_" + safe
+    encoded = safe.encode("utf-8")
+    if len(encoded) > _MAX_COMPONENT_BYTES:
+        digest = hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        safe = encoded[: _MAX_COMPONENT_BYTES - 9].decode("utf-8", "ignore") + "~" + digest
+    return safe
+
+
+def restored_name(record_id: str, fmt: str = "png") -> str:
+    """A safe relative output path for a record: its id's folders and name, with ``fmt``'s extension.
+
+    The result never escapes the destination it is joined to: it has no "..", "." or empty
+    components, no leading "/", no drive letter or ":" at all, no backslash, NUL or control
+    characters, and no Windows-reserved names. Characters that are unsafe in file names on common
+    systems become "_". Different ids can give the same name (e.g. "a.jpg" and "a.png"); use
+    :func:`restored_names` to name a batch without collisions.
+    """
+    _, ext, _ = _output_format(fmt)
+    text = str(record_id).replace("\\", "/")
+    parts = [p for p in text.split("/") if p.strip(" ") not in ("", ".", "..")]
+    parts = [_safe_component(p) for p in parts] or ["_"]
+    stem, dot, _suffix = parts[-1].rpartition(".")
+    if not dot or not stem:
+        stem = parts[-1]
+    parts[-1] = f"{stem}.{ext}"
+    return "/".join(parts)
+
+
+def restored_names(record_ids: list[str], fmt: str = "png") -> dict[str, str]:
+    """``restored_name`` of each id, with a short hash of the id added where two ids collide."""
+    names = {rid: restored_name(rid, fmt) for rid in record_ids}
+    seen: dict[str, int] = {}
+    for name in names.values():
+        seen[name.lower()] = seen.get(name.lower(), 0) + 1
+    out = {}
+    for rid, name in names.items():
+        if seen[name.lower()] > 1:
+            stem, _, ext = name.rpartition(".")
+            name = f"{stem}~{hashlib.sha256(str(rid).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}.{ext}"
+        out[rid] = name
+    return out
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """A Pillow image of an L, LA, RGB or RGBA uint8 array."""
+    mode = image_mode(pixels)
+    img = Image.fromarray(np.ascontiguousarray(pixels))
+    if img.mode != mode:  # pragma: no cover - Pillow infers these modes from the shapes
+        img = img.convert(mode)
+    return img
+
+
+def image_bytes(pixels: np.ndarray, fmt: str = "png") -> bytes:
+    """The encoded file content of ``pixels`` in output format ``fmt``.
+
+    JPEG and BMP keep no alpha: LA and RGBA images are written as L and RGB (alpha dropped).
+    """
+    pil_format, _, keeps_alpha = _output_format(fmt)
+    img = to_pil(pixels)
+    if not keeps_alpha and img.mode in ("LA", "RGBA"):
+        img = img.convert(img.mode[:-1])
+    buf = io.BytesIO()
+    img.save(buf, format=pil_format, **_SAVE_OPTIONS.get(pil_format, {}))
+    return buf.getvalue()
+
+
+def write_image(
+    pixels: np.ndarray, dst_uri: str, fmt: str = "png", storage_options: dict[str, Any] | None = None
+) -> int:
+    """Write ``pixels`` as an image file at ``dst_uri`` (local path or fsspec URL); return its size.
+
+    The file appears whole or not at all: locally it is written to a hidden temporary name in the
+    same folder and renamed; on object stores (s3, gs, az, memory) one PUT is atomic by itself;
+    on other filesystems it is written to a temporary name and moved.
+    """
+    data = image_bytes(pixels, fmt)
+    fs, path = filesystem_for(dst_uri, storage_options)
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        path = os.path.abspath(path)
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, _FILE_PERMISSIONS)  # mkstemp makes owner-only files
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return len(data)
+    if protocols & _ATOMIC_PUT_PROTOCOLS:
+        fs.pipe_file(path, data)
+        return len(data)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{os.urandom(6).hex()}.tmp")
+    fs.pipe_file(tmp, data)
+    try:
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm(tmp)
+        except Exception:  # noqa: BLE001 - best effort; the original error matters
+            pass
+        raise
+    return len(data)

@@ -1,0 +1,134 @@
+"""Source listing and reading on local disk or any fsspec filesystem (s3://, gs://, memory://, ...).
+
+A *source key* is the path of a file relative to the SRC the user named, with forward slashes; the
+archive id of a record is the normalized key (:func:`record_id`), so re-running a job on the same tree
+gives the same ids wherever the tree lives.
+
+S3-compatible stores (MinIO, Ceph, moto, ...) are reached by passing
+``storage_options={"client_kwargs": {"endpoint_url": URL}}`` or by setting the environment variable
+``COLDPRESS_S3_ENDPOINT_URL`` (or the AWS SDK's ``AWS_ENDPOINT_URL``); credentials come from the usual
+AWS chain (environment, profile, instance role) and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from coldpress.errors import ColdpressError, InputRejected
+
+#: Environment variables naming the endpoint of an S3-compatible store, first match wins.
+S3_ENDPOINT_ENV_VARS = ("COLDPRESS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+_S3_PROTOCOLS = ("s3", "s3a")
+
+
+class SourceNotFound(ColdpressError, FileNotFoundError):
+    """The SRC of a job does not exist."""
+
+
+def _protocol(url: str) -> str:
+    protocol, _ = fsspec.core.split_protocol(url)
+    return protocol or "file"
+
+
+def _with_s3_endpoint(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``storage_options`` plus the endpoint from the environment for S3 URLs that name none."""
+    options = dict(storage_options or {})
+    if _protocol(url) not in _S3_PROTOCOLS:
+        return options
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    if options.get("endpoint_url") or client_kwargs.get("endpoint_url"):
+        return options
+    for var in S3_ENDPOINT_ENV_VARS:
+        endpoint = os.environ.get(var)
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+            options["client_kwargs"] = client_kwargs
+            break
+    return options
+
+
+def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for a local path or fsspec URL.
+
+    ``storage_options`` go to the filesystem (e.g. ``{"anon": True}`` or
+    ``{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}``); for S3 URLs an endpoint from
+    ``COLDPRESS_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL`` is added when the options name none.
+    """
+    return fsspec.core.url_to_fs(str(url), **_with_s3_endpoint(str(url), storage_options))
+
+
+def _uri(fs: fsspec.AbstractFileSystem, path: str, src: str) -> str:
+    """The URI recorded for a listed file: a plain absolute path for local SRCs given as paths."""
+    if isinstance(fs, LocalFileSystem) and "://" not in str(src):
+        return os.path.normpath(path)
+    return fs.unstrip_protocol(path)
+
+
+def _is_hidden(key: str) -> bool:
+    return any(part.startswith(".") for part in key.split("/"))
+
+
+def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Every regular file under ``src`` as sorted ``(uri, key)`` pairs.
+
+    ``key`` is the file's path relative to ``src`` with forward slashes; a ``src`` that is a single
+    file gives its basename. Hidden files and everything inside hidden folders (names starting with
+    ".") are skipped. Nothing else is filtered: files that are not images are listed, and end up in
+    the rejected table with a reason. ``uri`` is what :func:`read_bytes` takes: an absolute path for
+    local sources, a full URL (``s3://bucket/key``) otherwise.
+    """
+    fs, root = filesystem_for(src, storage_options)
+    if not fs.exists(root):
+        raise SourceNotFound(
+            f"source {src!r} does not exist or cannot be seen with the given credentials; check the "
+            "path (and for object stores the bucket, endpoint and credentials)"
+        )
+    if fs.isfile(root):
+        name = posixpath.basename(root.rstrip("/")) or root
+        return [(_uri(fs, root, src), name)]
+    root = root.rstrip("/")
+    prefix = root + "/" if root else ""
+    pairs: list[tuple[str, str]] = []
+    for path, info in fs.find(root, withdirs=False, detail=True).items():
+        if info.get("type", "file") != "file" or not path.startswith(prefix):
+            continue
+        key = path[len(prefix):]
+        if not key or key.endswith("/") or _is_hidden(key):
+            continue
+        pairs.append((_uri(fs, path, src), key))
+    pairs.sort(key=lambda pair: (pair[1], pair[0]))
+    return pairs
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The whole content of the file at ``uri`` (local path or fsspec URL)."""
+    fs, path = filesystem_for(uri, storage_options)
+    return fs.cat_file(path)
+
+
+def record_id(key: str) -> str:
+    """The stable archive id of a source key: the normalized relative key.
+
+    Backslashes become forward slashes, leading "/" and "./" go, "//" and "/./" collapse and a trailing
+    "/" is dropped. A key with a ".." component, a NUL character or nothing left is rejected with
+    InputRejected: such keys do not name a file inside SRC.
+    """
+    raw = str(key)
+    if "\x00" in raw:
+        raise InputRejected(
+            f"source key {raw!r} contains a NUL character; rename the file, coldpress cannot give it a safe id"
+        )
+    parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InputRejected(
+            f"source key {raw!r} has a '..' component and does not name a file inside SRC; list "
+            "sources with coldpress.transforms.sources.list_sources or pass keys relative to SRC"
+        )
+    if not parts:
+        raise InputRejected(f"source key {raw!r} is empty after normalization; pass the file's path relative to SRC")
+    return "/".join(parts)

@@ -1,0 +1,172 @@
+"""The learned codec with its shipped weights: loading, round trips, rate control, real bitstreams,
+determinism across processes and thread counts, tiling, identity checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coldpress.codec import container, get_codec
+from coldpress.codec.models import default_model_available, load_weights, registry
+from coldpress.errors import BitstreamError, ColdpressError, ModelMismatchError
+from synthetic_images import natural_image, psnr
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "kodak"
+
+pytestmark = pytest.mark.skipif(
+    not default_model_available(), reason="no learned model is bundled (coldpress/codec/weights/MODELS.json)"
+)
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return get_codec("learned", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A real photo when ../shared/data is present (a 384x256 crop of kodim23), else a synthetic one."""
+    path = KODAK / "kodim23.png"
+    if path.exists():
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB"))[128:384, 192:576].copy()
+    return natural_image(256, 384, "RGB", seed=3)
+
+
+def test_shipped_weights_are_registered_and_verified():
+    reg = registry()
+    assert reg["default"] in reg["models"]
+    entry = reg["models"][reg["default"]]
+    weights = Path(__file__).resolve().parents[1] / "coldpress" / "codec" / "weights" / entry["file"]
+    assert weights.stat().st_size < 30e6
+    _, meta, digest = load_weights(weights, entry["sha256"])
+    assert digest == entry["sha256"]
+    assert json.loads(meta["config"])["latent_stride"] in (16, 32)
+
+
+def test_loading_refuses_a_tampered_weights_file(tmp_path):
+    reg = registry()
+    entry = reg["models"][reg["default"]]
+    src = Path(__file__).resolve().parents[1] / "coldpress" / "codec" / "weights" / entry["file"]
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(src.read_bytes())
+    data[-10] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ColdpressError, match="sha256"):
+        load_weights(bad, entry["sha256"])
+
+
+@pytest.mark.parametrize("bpp", [0.03, 0.1])
+def test_round_trip_lands_at_or_below_target_within_10_percent(codec, photo, bpp):
+    result = codec.encode(photo, bpp)
+    assert result.achieved_bpp <= bpp
+    assert result.achieved_bpp >= 0.9 * bpp, result.params
+    out = codec.decode(result.bitstream)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    assert psnr(photo, out) > 20.0
+
+
+def test_more_bits_give_better_quality(codec, photo):
+    low = codec.decode(codec.encode(photo, 0.02).bitstream)
+    high = codec.decode(codec.encode(photo, 0.15).bitstream)
+    assert psnr(photo, high) > psnr(photo, low) + 1.0
+
+
+def test_file_size_matches_the_models_rate_estimate(codec, photo):
+    for q16 in (0, 40, 80):
+        payload = codec._code_latent(codec.analysis(photo, 8), q16)
+        estimate = codec.estimate_bits(photo, q16) / 8
+        assert abs(len(payload) - estimate) / estimate < 0.04, (q16, len(payload), estimate)
+
+
+def test_grayscale_and_rgba(codec):
+    gray = natural_image(64, 96, "L", seed=1)
+    out = codec.decode(codec.encode(gray, 0.2).bitstream)
+    assert out.shape == gray.shape
+    rgba = natural_image(64, 96, "RGBA", seed=2)
+    out = codec.decode(codec.encode(rgba, 1.0).bitstream)
+    assert out.shape == rgba.shape
+    assert np.array_equal(out[:, :, 3], rgba[:, :, 3])
+
+
+def test_odd_sizes_are_padded(codec):
+    for h, w in [(1, 1), (17, 203), (130, 65)]:
+        img = natural_image(h, w, "RGB", seed=h)
+        out = codec.decode(codec.encode(img, 2.0 if h * w < 1000 else 0.3).bitstream)
+        assert out.shape == img.shape
+
+
+_DECODE_IN_CHILD = r"""
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from coldpress.codec import decode_bitstream
+data = open(sys.argv[2], "rb").read()
+print(hashlib.sha256(decode_bitstream(data, device="cpu").tobytes()).hexdigest())
+"""
+
+
+def test_decoding_is_identical_across_processes_and_thread_counts(codec, photo, tmp_path):
+    data = codec.encode(photo, 0.05).bitstream
+    here = hashlib.sha256(codec.decode(data).tobytes()).hexdigest()
+    path = tmp_path / "b.cp"
+    path.write_bytes(data)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, "-c", _DECODE_IN_CHILD, str(threads), str(path)],
+                             capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == here, f"decode with {threads} threads differs"
+
+
+def test_entropy_parameters_do_not_depend_on_thread_count(codec, photo):
+    y = codec.analysis(photo, 8)
+    z = codec.net.h_a(y)
+    z_hat = codec.net.entropy_bottleneck.decompress(codec.net.entropy_bottleneck.compress(z), z.shape[-2:])
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(codec.loaded.entropy_parameters(z_hat))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_tiled_coding_has_no_seams():
+    """Tiles with a halo give (nearly) the same pixels as one pass: no visible seam at tile borders."""
+    whole = get_codec("learned", device="cpu", tile=4096)
+    tiled = get_codec("learned", device="cpu", tile=256)
+    img = natural_image(320, 576, "RGB", seed=7)
+    data = whole.encode(img, 0.1).bitstream
+    a, b = whole.decode(data), tiled.decode(data)
+    assert psnr(a, b) > 40.0
+    # Seams would show as a jump across the tile border (column 256): compare with its neighbours.
+    jump = np.abs(b[:, 256].astype(int) - b[:, 255].astype(int)).mean()
+    ref = np.abs(b[:, 200].astype(int) - b[:, 199].astype(int)).mean()
+    assert jump < ref + 3.0
+    tiled_data = tiled.encode(img, 0.1).bitstream
+    assert psnr(img, tiled.decode(tiled_data)) > psnr(img, a) - 0.5
+
+
+def test_bitstream_from_another_model_is_refused(codec, photo):
+    data = codec.encode(natural_image(64, 64, "RGB"), 0.5).bitstream
+    b = container.unpack(data)
+    forged = container.pack(container.Bitstream(**{**b.__dict__, "model_id": "someone-elses-model"}))
+    with pytest.raises(ModelMismatchError, match="someone-elses-model"):
+        codec.decode(forged)
+
+
+def test_corrupted_payload_never_decodes_silently(codec):
+    data = bytearray(codec.encode(natural_image(64, 64, "RGB"), 0.5).bitstream)
+    data[len(data) // 2] ^= 0x10
+    with pytest.raises(BitstreamError):
+        codec.decode(bytes(data))
