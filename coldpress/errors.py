@@ -27,3 +27,11 @@ class InputRejected(ColdpressError):
 
 class ArchiveError(ColdpressError):
     """An archive is missing, unreadable, corrupt or not a coldpress archive."""
+
+
+class RejectedInputs(InputRejected):
+    """A strict job finished, and some inputs were rejected; ``manifest`` is the run's manifest."""
+
+    def __init__(self, message: str, manifest: dict | None = None):
+        super().__init__(message)
+        self.manifest = manifest or {}

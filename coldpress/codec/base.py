@@ -130,10 +130,11 @@ class Codec(abc.ABC):
         overhead = container.header_size(probe) + 8
         max_payload = budget - overhead
         if max_payload <= 0:
-            reason = f"the container header{' and alpha plane' if alpha_bytes else ''} alone take {overhead} bytes"
+            what = "the container header and alpha plane together take" if alpha_bytes else "the container header takes"
+            reason = f"{what} {overhead} bytes"
             raise RateUnreachableError(
                 f"{self.name} cannot fit this {w}x{h} image into {bpp} bpp ({budget} bytes): {reason}; "
-                "raise --bpp"
+                f"raise --bpp to at least {8 * (overhead + 1) / (w * h):.3g}"
             )
         payload, params = self._encode_rgb(np.ascontiguousarray(rgb), max_payload)
         data = container.pack(

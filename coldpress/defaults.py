@@ -1,0 +1,7 @@
+"""Defaults shared by the CLI and the engines: change a default here and nowhere else."""
+
+#: Codec used when ``--codec`` is not given.
+DEFAULT_CODEC = "learned"
+
+#: File format of restored images when ``--format`` is not given.
+DEFAULT_RESTORE_FORMAT = "png"

@@ -1,0 +1,134 @@
+"""``coldpress encode SRC DST --bpp B``: encode every image under SRC into the archive DST."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from typing import Any
+
+from coldpress.defaults import DEFAULT_CODEC
+
+#: Engines by name: (module, encode function). The local engine runs in this process.
+ENGINES = {
+    "local": ("coldpress.pipelines.local", "encode_local"),
+}
+#: Rejected inputs listed in the summary (all of them are in the archive's rejected table).
+SHOWN_REJECTIONS = 20
+
+
+def _bpp(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass bits per pixel, e.g. 0.05") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of bits per pixel; pass e.g. 0.05")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "encode",
+        help="encode images into a Parquet archive",
+        description=(
+            "Encode every file under SRC into the archive DST at BPP bits per pixel. Files that cannot "
+            "be archived go to DST's rejected table with the reason. Running again on the same DST "
+            "adds only the inputs not yet archived."
+        ),
+    )
+    p.add_argument("src", metavar="SRC", help="folder, file or URL of the source images (s3://bucket/prefix)")
+    p.add_argument("dst", metavar="DST", help="archive directory to write, local or URL")
+    p.add_argument("--bpp", type=_bpp, required=True, help="target bits per pixel, e.g. 0.05 (container bytes included)")
+    p.add_argument("--codec", default=DEFAULT_CODEC, help=f"codec name (default: {DEFAULT_CODEC}); see `coldpress encode --list-codecs`")
+    p.add_argument("--list-codecs", action=_ListCodecs, nargs=0, help="list the available codecs and exit")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
+    p.add_argument("--strict", action="store_true", help="exit with status 2 when any input was rejected")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="refuse to add to an existing archive instead of skipping the inputs it already holds")
+    p.add_argument("--report", action="store_true", help="print a table of every archived image: bytes, bpp, PSNR")
+    return p
+
+
+class _ListCodecs(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D102
+        from coldpress.codec import codec_names
+
+        for name in codec_names():
+            print(name)
+        parser.exit()
+
+
+def run(args: argparse.Namespace) -> int:
+    from coldpress.errors import RejectedInputs
+    from coldpress.jobs.cli import show_progress, storage_options
+
+    module, function = ENGINES[args.engine]
+    encode = getattr(importlib.import_module(module), function)
+    options = storage_options(args)
+    try:
+        manifest = encode(
+            args.src, args.dst, codec=args.codec, bpp=args.bpp, storage_options=options,
+            resume=args.resume, strict=args.strict, progress=show_progress(args),
+        )
+        strict_failure = None
+    except RejectedInputs as exc:
+        manifest, strict_failure = exc.manifest, exc
+    _summarize(args, manifest, options)
+    if strict_failure is not None:
+        print(f"coldpress encode: {strict_failure}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _summarize(args: argparse.Namespace, manifest: dict[str, Any], options: dict[str, Any] | None) -> None:
+    from coldpress.jobs.cli import say
+
+    if args.report:
+        print_report(args.dst, options)
+    say(args,
+        f"archived {manifest.get('archived', 0)}, rejected {manifest.get('rejected', 0)}, "
+        f"skipped {manifest.get('skipped', 0)} already archived; {args.dst} now holds "
+        f"{manifest.get('num_rows', 0)} image(s) and {manifest.get('num_rejected', 0)} rejection(s)")
+    if manifest.get("rejected") and not args.quiet:
+        _print_rejections(args.dst, options)
+
+
+def _print_rejections(dst: str, options: dict[str, Any] | None) -> None:
+    from coldpress.transforms.archive import open_archive
+    from coldpress.transforms.sources import filesystem_for
+
+    fs, _ = filesystem_for(dst, options)
+    rejected = open_archive(dst, filesystem=fs).rejected().sort_by("id").to_pylist()
+    print("rejected:")
+    for row in rejected[:SHOWN_REJECTIONS]:
+        print(f"  {row['id']}: {row['reason']}")
+    if len(rejected) > SHOWN_REJECTIONS:
+        print(f"  ... and {len(rejected) - SHOWN_REJECTIONS} more: see `coldpress inspect {dst}`")
+
+
+def print_report(archive: str, options: dict[str, Any] | None) -> None:
+    """Print one line per archived image: id, size, stored bytes, achieved bpp, PSNR."""
+    from coldpress.transforms.archive import open_archive
+    from coldpress.transforms.sources import filesystem_for
+
+    fs, _ = filesystem_for(archive, options)
+    columns = ["id", "width", "height", "source_bytes", "achieved_bpp", "psnr", "codec"]
+    rows = open_archive(archive, filesystem=fs).read(columns=columns).sort_by("id").to_pylist()
+    if not rows:
+        print("(no images archived)")
+        return
+    width = max(12, *(len(r["id"]) for r in rows))
+    print(f"{'id':<{width}}  {'size':>9}  {'codec':<12} {'source B':>9}  {'archived B':>10}  {'bpp':>6}  {'PSNR dB':>7}")
+    total_pixels = total_bytes = 0
+    for r in rows:
+        pixels = r["width"] * r["height"]
+        stored = round(r["achieved_bpp"] * pixels / 8)
+        total_pixels += pixels
+        total_bytes += stored
+        psnr = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
+        print(f"{r['id']:<{width}}  {r['width']:>4}x{r['height']:<4}  {r['codec']:<12} {r['source_bytes']:>9}  "
+              f"{stored:>10}  {r['achieved_bpp']:>6.4f}  {psnr:>7}")
+    print(f"{'total':<{width}}  {'':>9}  {'':<12} {sum(r['source_bytes'] for r in rows):>9}  {total_bytes:>10}  "
+          f"{8 * total_bytes / total_pixels:>6.4f}")

@@ -1,0 +1,98 @@
+"""``coldpress inspect ARCHIVE``: what an archive holds, without decoding anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+#: Rejected inputs listed in the text output (--json lists all of them).
+SHOWN_REJECTIONS = 20
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "inspect",
+        help="summarize an archive: counts, sizes, bpp, PSNR, codecs, rejections",
+        description="Summarize an archive from its footers and small columns; bitstreams are not read.",
+    )
+    p.add_argument("archive", metavar="ARCHIVE", help="archive directory, local or URL (s3://bucket/archive)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--ids", action="store_true", help="also list the id of every archived image")
+    return p
+
+
+def rejection_kind(reason: str) -> str:
+    """The error class a rejection reason starts with ("RateUnreachableError", "InputRejected", ...)."""
+    head, sep, _ = reason.partition(":")
+    return head.strip() if sep and head.strip().isidentifier() else "other"
+
+
+def inspect_archive(archive: str, storage_options: dict[str, Any] | None = None, *, ids: bool = False) -> dict[str, Any]:
+    """The summary ``coldpress inspect`` prints, as a JSON-able dict."""
+    from coldpress.transforms.archive import archive_stats, open_archive
+    from coldpress.transforms.sources import filesystem_for
+
+    fs, _ = filesystem_for(archive, storage_options)
+    stats = archive_stats(archive, filesystem=fs)
+    arch = open_archive(archive, filesystem=fs)
+    rejected = arch.rejected().sort_by("id").select(["id", "source_uri", "reason"]).to_pylist()
+    stats.pop("rejected_reasons", None)  # one entry per input: replaced by the kinds and the list
+    stats["rejected_kinds"] = dict(Counter(rejection_kind(r["reason"]) for r in rejected).most_common())
+    stats["rejected"] = rejected
+    manifest = arch.manifest or {}
+    stats["runs"] = len(manifest.get("runs", []))
+    stats["engine"] = manifest.get("engine")
+    if ids:
+        stats["ids"] = sorted(arch.read(columns=["id"]).column("id").to_pylist())
+    return stats
+
+
+def _fmt_summary(s: dict[str, float] | None, unit: str, digits: int) -> str:
+    if not s:
+        return "-"
+    return (f"min {s['min']:.{digits}f}  median {s['median']:.{digits}f}  mean {s['mean']:.{digits}f}  "
+            f"max {s['max']:.{digits}f} {unit}")
+
+
+def print_text(stats: dict[str, Any]) -> None:
+    n = stats["num_rows"]
+    print(f"archive      {stats['path']}")
+    complete = {True: "complete", False: "INCOMPLETE (a run stopped early: run the encode again)", None: "no manifest"}
+    print(f"status       {complete.get(stats.get('complete'), stats.get('complete'))}; {stats['runs']} run(s)")
+    print(f"images       {n} in {stats['num_shards']} shard(s)")
+    print(f"rejected     {stats['num_rejected']}")
+    print(f"bitstreams   {stats['bitstream_bytes']:,} bytes"
+          + (f" ({stats['bitstream_bytes'] / n:,.0f} per image)" if n else ""))
+    print(f"files        {stats['file_bytes']:,} bytes in total"
+          + (f" ({stats['overhead_bytes_per_row']:,.0f} bytes of row overhead per image)" if n else ""))
+    print(f"bpp          {_fmt_summary(stats['bpp'], 'bpp', 4)}")
+    print(f"PSNR         {_fmt_summary(stats['psnr'], 'dB', 2)}")
+    targets = ", ".join(f"{t:g} bpp: {c}" for t, c in stats["target_bpp"].items()) or "-"
+    print(f"targets      {targets}")
+    print(f"codecs       {', '.join(f'{k}: {v}' for k, v in stats['codecs'].items()) or '-'}")
+    if stats["model_ids"]:
+        print(f"models       {', '.join(f'{k}: {v}' for k, v in stats['model_ids'].items())}")
+    if stats["rejected"]:
+        kinds = ", ".join(f"{k}: {v}" for k, v in stats["rejected_kinds"].items())
+        print(f"rejections   {kinds}")
+        for row in stats["rejected"][:SHOWN_REJECTIONS]:
+            print(f"  {row['id']}: {row['reason']}")
+        if len(stats["rejected"]) > SHOWN_REJECTIONS:
+            print(f"  ... and {len(stats['rejected']) - SHOWN_REJECTIONS} more (--json lists all)")
+    if "ids" in stats:
+        print("ids")
+        for rid in stats["ids"]:
+            print(f"  {rid}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from coldpress.jobs.cli import storage_options
+
+    stats = inspect_archive(args.archive, storage_options(args), ids=args.ids)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True, default=str))
+    else:
+        print_text(stats)
+    return 0

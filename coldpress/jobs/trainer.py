@@ -1,0 +1,299 @@
+"""The training loop, evaluation and export behind `coldpress train` (imports torch; the CLI module does not)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from coldpress.codec.networks import ExtremeCodecNet, NetConfig
+from coldpress.jobs.train import DEFAULT_DATA
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
+
+def list_images(folders: list[str]) -> list[str]:
+    """Image files under each folder (local path or fsspec URL), sorted."""
+    import fsspec.core
+
+    out: list[str] = []
+    for folder in folders:
+        fs, root = fsspec.core.url_to_fs(folder)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        for path in sorted(fs.find(root)):
+            if path.lower().endswith(IMAGE_SUFFIXES):
+                out.append(path if protocol == "file" else f"{protocol}://{path}")
+    return out
+
+
+def load_images(paths: list[str], min_side: int, device: torch.device) -> list[torch.Tensor]:
+    """Decode every image into a uint8 (3,H,W) tensor on ``device``; skip those smaller than a crop."""
+    import fsspec
+
+    images = []
+    for p in paths:
+        with fsspec.open(p, "rb") as f:
+            data = f.read()
+        try:
+            im = Image.open(io.BytesIO(data)).convert("RGB")
+        except Exception as exc:  # noqa: BLE001 - a broken training file is skipped, with a note
+            print(f"train: skipping {p}: {exc}", file=sys.stderr)
+            continue
+        if min(im.size) < min_side:
+            continue
+        images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).to(device))
+    return images
+
+
+def random_batch(images: list[torch.Tensor], batch: int, crop: int, rng: random.Random) -> torch.Tensor:
+    out = []
+    for _ in range(batch):
+        img = images[rng.randrange(len(images))]
+        _, h, w = img.shape
+        top, left = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
+        patch = img[:, top : top + crop, left : left + crop]
+        if rng.random() < 0.5:
+            patch = patch.flip(2)
+        out.append(patch)
+    return torch.stack(out).float().div_(255.0)
+
+
+def rd_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
+    out = model(x, q)
+    n_pixels = x.shape[2] * x.shape[3]
+    bits = sum(torch.log(l).flatten(1).sum(1) for l in out["likelihoods"].values()) / -math.log(2)
+    bpp = bits / n_pixels
+    mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+    lam = model.lambda_for(q)
+    loss = (lam * 255**2 * mse + bpp).mean()
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
+
+
+@torch.no_grad()
+def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: torch.device) -> list[dict]:
+    """Estimated rate (from likelihoods) and PSNR of whole images at rate knobs ``qs``."""
+    import fsspec
+
+    model.eval()
+    stride = model.cfg.total_stride
+    results = []
+    for q in qs:
+        bpps, psnrs = [], []
+        for p in paths:
+            with fsspec.open(p, "rb") as f:
+                im = np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
+            h, w = im.shape[:2]
+            x = torch.from_numpy(im.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
+            ph, pw = (-h) % stride, (-w) % stride
+            xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+            out = model(xp, torch.full((1,), float(q), device=device))
+            bits = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / -math.log(2)
+            x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
+            mse = float(((x_hat * 255).round() / 255 - x).pow(2).mean())
+            bpps.append(float(bits) / (h * w))
+            psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
+        results.append({"q": q, "bpp": sum(bpps) / len(bpps), "psnr": sum(psnrs) / len(psnrs)})
+    model.train()
+    return results
+
+
+def save_checkpoint(run: Path, model, optimizer, aux_optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / ".checkpoint.safetensors.tmp"
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(tmp), metadata={"config": json.dumps(model.cfg.to_dict()), "step": str(state["step"])})
+    os.replace(tmp, run / "checkpoint.safetensors")
+    tmp = run / ".optimizer.pt.tmp"
+    torch.save({"main": optimizer.state_dict(), "aux": aux_optimizer.state_dict()}, tmp)
+    os.replace(tmp, run / "optimizer.pt")
+    tmp = run / ".state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, run / "state.json")
+
+
+def load_checkpoint_weights(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    return sd, meta
+
+
+def parameter_groups(model: ExtremeCodecNet):
+    main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
+    aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    return main, aux
+
+
+def train(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    state_path = run / "state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        cfg = NetConfig.from_dict(state["config"])
+        print(f"train: resuming {run} at step {state['step']}")
+    else:
+        cfg = NetConfig(latent_stride=args.latent_stride)
+        state = {"step": 0, "seconds": 0.0, "config": cfg.to_dict(), "data": [], "images": 0}
+    model = ExtremeCodecNet(cfg).to(device)
+    main_params, aux_params = parameter_groups(model)
+    optimizer = torch.optim.Adam(main_params, lr=args.lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=1e-3)
+    if (run / "checkpoint.safetensors").exists():
+        sd, _ = load_checkpoint_weights(run / "checkpoint.safetensors")
+        model.load_state_dict(sd, strict=True)
+        if (run / "optimizer.pt").exists() and not args.reset_optimizer:
+            opt = torch.load(run / "optimizer.pt", map_location=device, weights_only=True)
+            optimizer.load_state_dict(opt["main"])
+            aux_optimizer.load_state_dict(opt["aux"])
+        for g in optimizer.param_groups:
+            g["lr"] = args.lr
+
+    folders = args.data or state["data"] or [DEFAULT_DATA]
+    paths = list_images(folders)
+    if not paths:
+        raise SystemExit(f"train: no images found under {folders}; pass --data FOLDER (local path or fsspec URL)")
+    images = load_images(paths, args.crop, device)
+    print(f"train: {len(images)} images from {folders} on {device}; config {cfg.to_dict()}")
+    for f in folders:
+        if f not in state["data"]:
+            state["data"].append(f)
+    state["images"] = len(images)
+    state["batch"], state["crop"] = args.batch, args.crop
+    rng = random.Random(args.seed + state["step"])
+    torch.manual_seed(args.seed + state["step"])
+    log_path = run / "log.csv"
+    run.mkdir(parents=True, exist_ok=True)
+    new_log = not log_path.exists()
+    log_file = open(log_path, "a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", "seconds", "loss", "bpp", "mse", "psnr", "lr"])
+    t0 = time.time()
+    last_ckpt = t0
+    deadline = t0 + args.max_minutes * 60 if args.max_minutes else None
+    acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+    model.train()
+    end_step = state["step"] + args.steps
+    while state["step"] < end_step:
+        x = random_batch(images, args.batch, args.crop, rng)
+        q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
+        out = rd_loss(model, x, q)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        optimizer.step()
+        aux_loss = model.aux_loss()
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_optimizer.step()
+        state["step"] += 1
+        for k in ("loss", "bpp", "mse"):
+            acc[k] += float(out[k].detach())
+        acc["n"] += 1
+        now = time.time()
+        if state["step"] % args.log_every == 0 or state["step"] == end_step:
+            n = acc["n"]
+            mse = acc["mse"] / n
+            row = [state["step"], round(state["seconds"] + now - t0, 1), acc["loss"] / n, acc["bpp"] / n, mse,
+                   10 * math.log10(1 / max(mse, 1e-10)), optimizer.param_groups[0]["lr"]]
+            log.writerow(row)
+            log_file.flush()
+            print("train: step {} t={}s loss={:.4f} bpp={:.4f} mse={:.5f} psnr={:.2f} lr={:g}".format(*row), flush=True)
+            acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+        if now - last_ckpt > args.checkpoint_minutes * 60:
+            state["seconds"] += now - t0
+            t0 = now
+            save_checkpoint(run, model, optimizer, aux_optimizer, state)
+            last_ckpt = now
+        if deadline and now > deadline:
+            print(f"train: --max-minutes {args.max_minutes} reached at step {state['step']}")
+            break
+    state["seconds"] += time.time() - t0
+    state["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    save_checkpoint(run, model, optimizer, aux_optimizer, state)
+    log_file.close()
+    print(f"train: checkpoint at step {state['step']} in {run}")
+    if args.eval:
+        qs = [i * 0.5 for i in range(2 * (cfg.rate_points - 1) + 1)]
+        res = evaluate(model, list_images([args.eval]), qs, device)
+        state["eval"] = {"folder": args.eval, "step": state["step"], "points": res}
+        (run / "eval.json").write_text(json.dumps(state["eval"], indent=1))
+        for r in res:
+            print(f"eval: q={r['q']:.1f} bpp={r['bpp']:.4f} psnr={r['psnr']:.2f}")
+    return state
+
+
+def _licences(folders: list[str]) -> list[str]:
+    """Licence notes of the training folders, from the MANIFEST.md of the data folder when present."""
+    notes = []
+    for folder in folders:
+        root = Path(folder)
+        manifest = next((p / "MANIFEST.md" for p in [root, *root.parents] if (p / "MANIFEST.md").exists()), None)
+        if manifest is None:
+            notes.append(f"{folder}: no MANIFEST.md found; check the licences of these images yourself")
+            continue
+        for line in manifest.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 7 and cells[0].startswith("train/"):
+                named = [c.strip().split("/", 1)[-1] for c in cells[0].split(",")]
+                used = root.name in named or any((root / n).is_dir() for n in named)
+                note = f"{cells[0]}: {cells[-1]} (origin: {cells[-2]})"
+                if used and note not in notes:
+                    notes.append(note)
+    return notes
+
+
+def export_run(args: argparse.Namespace, state: dict) -> Path:
+    """Export the run's checkpoint to shippable weights, with a model card; optionally register it."""
+    from coldpress.codec.export import export
+    from coldpress.codec.models import REGISTRY_FILE, WEIGHTS_DIR, file_sha256, registry
+
+    run = Path(args.run)
+    calib_paths = list_images([args.eval or (state["data"] or [DEFAULT_DATA])[0]])[:8]
+    calibration = []
+    for p in calib_paths:
+        import fsspec
+
+        with fsspec.open(p, "rb") as f:
+            calibration.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+    eval_note = state.get("eval")
+    card = {
+        "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes on {state.get('device', '?')}, "
+                    f"random {state.get('crop', args.crop)}px square crops, batch {state.get('batch', args.batch)}, Adam",
+        "training folders": ", ".join(state["data"]),
+        "licences of the training data": "; ".join(_licences(state["data"])) or "see the folders' own terms",
+        "final metrics (estimated rate on the eval folder)": json.dumps(eval_note) if eval_note else "not evaluated",
+        "reproduce": f"coldpress train --run {run} ... (see coldpress/jobs/train.py); log in log.csv of the run",
+    }
+    out_dir = Path(args.export_to) if args.export_to else WEIGHTS_DIR
+    path = export(run / "checkpoint.safetensors", out_dir, args.model_id, calibration, card)
+    print(f"train: exported {path} (sha256 {file_sha256(path)})")
+    if args.register:
+        reg = registry()
+        reg["models"][args.model_id] = {"file": path.name, "sha256": file_sha256(path)}
+        reg["default"] = args.model_id
+        REGISTRY_FILE.write_text(json.dumps(reg, indent=1) + "\n")
+        print(f"train: registered {args.model_id} as the default learned model in {REGISTRY_FILE}")
+    return path

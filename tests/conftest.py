@@ -1,0 +1,69 @@
+"""Shared fixtures: a real S3 server (moto's standalone server on 127.0.0.1) and fresh buckets.
+
+Use ``s3_bucket`` (a fresh bucket name) in a test and reach the server through s3fs with the
+``s3_options`` storage options: ``{"client_kwargs": {"endpoint_url": ...}, "skip_instance_cache": True}``.
+``s3_server`` (the endpoint URL) also sets ``AWS_ENDPOINT_URL`` and dummy credentials in the
+environment, so a subprocess (the CLI) started by a test reaches the same server without options.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+
+def _storage_options(endpoint_url: str) -> dict:
+    return {"client_kwargs": {"endpoint_url": endpoint_url}, "skip_instance_cache": True}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Endpoint URL of a moto S3 server running for the whole session, with dummy credentials set."""
+    pytest.importorskip("moto.server", reason="moto[server] is needed for the S3 tests")
+    from moto.server import ThreadedMotoServer
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL"]}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """Name of a fresh, empty bucket on the test server (s3fs instance caches are cleared around it)."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(**_storage_options(s3_server))
+    fs.mkdir(name)
+    yield name
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_options(s3_server) -> dict:
+    """fsspec storage options for the test server (no instance cache: each use gets a fresh client)."""
+    return _storage_options(s3_server)

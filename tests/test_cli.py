@@ -1,0 +1,482 @@
+"""The ``coldpress`` command end to end: local paths, a real S3 server on loopback, the console script.
+
+Commands run in-process through ``coldpress.jobs.cli.main`` (fast), except one test that runs the
+installed ``coldpress`` console script in a subprocess. Every archive is real Parquet on disk or on
+moto's S3 server; every image is generated here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from coldpress.jobs.cli import SUBCOMMANDS, main
+from coldpress.transforms.archive import open_archive, write_shard
+from synthetic_images import natural_image
+
+CODEC = "webp"  # fast, and reaches BPP on the 96x128 test images
+BPP = "0.5"
+GOOD = {  # key -> (height, width, mode, format)
+    "a.png": (96, 128, "RGB", "PNG"),
+    "b.jpg": (128, 96, "RGB", "JPEG"),
+    "sub/c.png": (96, 128, "L", "PNG"),
+    "sub/deeper/d.tif": (100, 120, "RGB", "TIFF"),
+}
+BAD = ("empty.png", "notes.txt", "truncated.png", "tiny.png")
+
+
+def _image_bytes(key: str, seed: int) -> bytes:
+    h, w, mode, fmt = GOOD[key]
+    buf = io.BytesIO()
+    Image.fromarray(natural_image(h, w, mode, seed=seed)).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _bad_files() -> dict[str, bytes]:
+    png = io.BytesIO()
+    Image.fromarray(natural_image(96, 128, "RGB", seed=9)).save(png, format="PNG")
+    tiny = io.BytesIO()
+    Image.fromarray(natural_image(8, 8, "RGB", seed=10)).save(tiny, format="PNG")  # the header alone exceeds the budget
+    return {
+        "empty.png": b"",
+        "notes.txt": b"shopping list: milk, eggs\n",
+        "truncated.png": png.getvalue()[: len(png.getvalue()) // 2],
+        "tiny.png": tiny.getvalue(),
+    }
+
+
+def make_tree(root: Path, keys=tuple(GOOD), bad: bool = True) -> Path:
+    """A source folder with the GOOD images (``keys`` of them) and, with ``bad``, the BAD inputs."""
+    for i, key in enumerate(keys):
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_image_bytes(key, seed=i))
+    if bad:
+        for name, data in _bad_files().items():
+            (root / name).write_bytes(data)
+    (root / ".hidden.png").write_bytes(_image_bytes("a.png", seed=99))  # hidden files are not sources
+    return root
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def encode(capsys, src, dst, *extra: str) -> tuple[int, str, str]:
+    return run_cli(capsys, "encode", src, dst, "--bpp", BPP, "--codec", CODEC, *extra)
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """(src, archive) encoded once for the read-only tests of this module."""
+    root = tmp_path_factory.mktemp("encoded")
+    src = make_tree(root / "src")
+    dst = root / "archive"
+    assert main(["encode", str(src), str(dst), "--bpp", BPP, "--codec", CODEC, "--quiet"]) == 0
+    return src, dst
+
+
+# -- encode ---------------------------------------------------------------------------------------
+def test_subcommands_are_registered(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("encode", "restore", "inspect", "verify"):
+        assert name in SUBCOMMANDS and name in out
+
+
+def test_encode_archives_good_inputs_and_rejects_bad_ones(tmp_path, capsys):
+    src = make_tree(tmp_path / "src")
+    rc, out, err = encode(capsys, src, tmp_path / "archive")
+    assert rc == 0, err
+    archive = open_archive(tmp_path / "archive")
+    table = archive.read()
+    assert sorted(table.column("id").to_pylist()) == sorted(GOOD)
+    for row in table.to_pylist():
+        h, w, mode, fmt = GOOD[row["id"]]
+        assert (row["height"], row["width"], row["mode"], row["source_format"]) == (h, w, mode, fmt)
+        assert row["codec"] == CODEC and row["target_bpp"] == float(BPP)
+        assert 0 < row["achieved_bpp"] <= float(BPP)
+        assert row["achieved_bpp"] == pytest.approx(8 * len(row["bitstream"]) / (w * h))
+        assert row["bitstream_sha256"] == hashlib.sha256(row["bitstream"]).hexdigest()
+        assert row["source_sha256"] == hashlib.sha256((src / row["id"]).read_bytes()).hexdigest()
+        assert row["psnr"] > 20
+    reasons = {r["id"]: r["reason"] for r in archive.rejected().to_pylist()}
+    assert sorted(reasons) == sorted(BAD)
+    assert "empty" in reasons["empty.png"]
+    assert "not an image" in reasons["notes.txt"]
+    assert "truncated" in reasons["truncated.png"]
+    assert reasons["tiny.png"].startswith("RateUnreachableError") and "--bpp" in reasons["tiny.png"]
+    manifest = archive.manifest
+    assert manifest["engine"] == "local" and manifest["complete"] is True
+    assert (manifest["archived"], manifest["rejected"], manifest["skipped"]) == (4, 4, 0)
+    assert manifest["codec"] == CODEC and manifest["target_bpp"] == float(BPP)
+    # The summary names the counts and every rejected input with its reason.
+    assert "archived 4, rejected 4, skipped 0" in out
+    for name in BAD:
+        assert f"  {name}: " in out
+
+
+def test_encode_report_prints_one_line_per_image(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", bad=False)
+    rc, out, _ = encode(capsys, src, tmp_path / "archive", "--report")
+    assert rc == 0
+    rows = {r["id"]: r for r in open_archive(tmp_path / "archive").read().to_pylist()}
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["id", "size"] and "PSNR" in lines[0]
+    for rid, row in rows.items():
+        line = next(line for line in lines if line.startswith(rid + " "))
+        fields = line.split()
+        assert fields[1] == f"{row['width']}x{row['height']}"
+        assert int(fields[4]) == len(row["bitstream"])
+        assert float(fields[5]) == pytest.approx(row["achieved_bpp"], abs=1e-4)
+        assert float(fields[6]) == pytest.approx(row["psnr"], abs=0.01)
+    total = next(line for line in lines if line.startswith("total "))
+    assert int(total.split()[2]) == sum(len(r["bitstream"]) for r in rows.values())
+
+
+def test_strict_exits_2_when_anything_is_rejected(tmp_path, capsys):
+    rc, out, err = encode(capsys, make_tree(tmp_path / "src"), tmp_path / "archive", "--strict")
+    assert rc == 2
+    assert "4 of 8 input(s) were rejected (strict mode)" in err
+    # Everything that could be archived still was, and the rejections are recorded.
+    archive = open_archive(tmp_path / "archive")
+    assert archive.num_rows == 4 and archive.rejected().num_rows == 4
+    rc, _, _ = encode(capsys, make_tree(tmp_path / "good", bad=False), tmp_path / "archive2", "--strict")
+    assert rc == 0
+
+
+def test_default_codec_is_recorded(tmp_path, capsys):
+    from coldpress.defaults import DEFAULT_CODEC
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.png").write_bytes(_image_bytes("a.png", 0))
+    rc, _, err = run_cli(capsys, "encode", src, tmp_path / "archive", "--bpp", "2")
+    assert rc == 0, err
+    archive = open_archive(tmp_path / "archive")
+    assert archive.manifest["codec"] == DEFAULT_CODEC
+    assert archive.read(columns=["codec"]).column("codec").to_pylist() == [DEFAULT_CODEC]
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["encode", "{tmp}/nowhere", "{tmp}/a", "--bpp", "0.1"], ["coldpress encode: error:", "does not exist"]),
+        (["encode", "{tmp}", "{tmp}/a", "--bpp", "0.1", "--codec", "nosuchcodec"], ["unknown codec 'nosuchcodec'"]),
+        (["inspect", "{tmp}"], ["coldpress inspect: error:", "not a coldpress archive"]),
+        (["verify", "{tmp}/nowhere"], ["no archive at"]),
+        (["restore", "{tmp}/nowhere", "{tmp}/out", "--all"], ["no archive at"]),
+    ],
+)
+def test_errors_print_one_line_and_exit_1(tmp_path, capsys, argv, fragments):
+    rc, _, err = run_cli(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert rc == 1
+    assert_one_line_error(err, *fragments)
+
+
+def test_bad_arguments_are_refused_by_the_parser(tmp_path, capsys):
+    for argv in (["encode", str(tmp_path), str(tmp_path / "a"), "--bpp", "-1"],
+                 ["encode", str(tmp_path), str(tmp_path / "a")],
+                 ["restore", str(tmp_path), str(tmp_path / "out")]):  # neither --id nor --all
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "--bpp" in capsys.readouterr().err
+
+
+# -- resume ---------------------------------------------------------------------------------------
+def test_resume_skips_archived_ids_and_leaves_no_duplicates(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", keys=("a.png", "sub/c.png"), bad=False)
+    (src / "truncated.png").write_bytes(_bad_files()["truncated.png"])
+    dst = tmp_path / "archive"
+    rc, out, _ = encode(capsys, src, dst)
+    assert rc == 0 and "archived 2, rejected 1, skipped 0" in out
+    first_shard = (dst / "part-00000.parquet").read_bytes()
+
+    make_tree(src, keys=tuple(GOOD), bad=False)  # rewrites a.png and sub/c.png identically, adds two
+    good = io.BytesIO()
+    Image.fromarray(natural_image(96, 128, "RGB", seed=5)).save(good, format="PNG")
+    (src / "truncated.png").write_bytes(good.getvalue())  # fixed: archived on the next run
+    rc, out, _ = encode(capsys, src, dst)
+    assert rc == 0 and "archived 3, rejected 0, skipped 2 already archived" in out
+
+    archive = open_archive(dst)
+    ids = archive.read(columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted([*GOOD, "truncated.png"])  # each id exactly once
+    assert [s.name for s in archive.shards] == ["part-00000.parquet", "part-00001.parquet"]
+    assert (dst / "part-00000.parquet").read_bytes() == first_shard  # earlier shards are not rewritten
+    assert archive.rejected().num_rows == 0  # the fixed input left the rejected table
+    assert len(archive.manifest["runs"]) == 2
+
+    rc, out, _ = encode(capsys, src, dst)
+    assert rc == 0 and "archived 0, rejected 0, skipped 5" in out
+    assert open_archive(dst).num_rows == 5
+
+    rc, _, err = encode(capsys, src, dst, "--no-resume")
+    assert rc == 1
+    assert_one_line_error(err, "already holds an archive of 5 image(s)")
+    assert open_archive(dst).num_rows == 5
+
+
+def test_an_archive_inside_its_source_does_not_archive_itself(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", keys=("a.png",), bad=False)
+    for _ in range(2):
+        rc, out, _ = encode(capsys, src, src / "archive")
+        assert rc == 0
+    assert "rejected 0" in out
+    assert open_archive(src / "archive").read(columns=["id"]).column("id").to_pylist() == ["a.png"]
+
+
+# -- inspect --------------------------------------------------------------------------------------
+def test_inspect_text_and_json(encoded, capsys):
+    _, dst = encoded
+    rc, out, _ = run_cli(capsys, "inspect", dst)
+    assert rc == 0
+    assert "images       4 in 1 shard(s)" in out
+    assert "rejected     4" in out
+    assert f"codecs       {CODEC}: 4" in out
+    assert "InputRejected: 3, RateUnreachableError: 1" in out
+    assert "  notes.txt: InputRejected:" in out
+
+    rc, out, _ = run_cli(capsys, "inspect", dst, "--json", "--ids")
+    assert rc == 0
+    stats = json.loads(out)
+    rows = open_archive(dst).read().to_pylist()
+    assert stats["num_rows"] == 4 and stats["num_rejected"] == 4
+    assert stats["codecs"] == {CODEC: 4}
+    assert stats["rejected_kinds"] == {"InputRejected": 3, "RateUnreachableError": 1}
+    assert sorted(r["id"] for r in stats["rejected"]) == sorted(BAD)
+    assert stats["bitstream_bytes"] == sum(len(r["bitstream"]) for r in rows)
+    bpps = sorted(r["achieved_bpp"] for r in rows)
+    assert stats["bpp"]["min"] == pytest.approx(bpps[0]) and stats["bpp"]["max"] == pytest.approx(bpps[-1])
+    assert stats["ids"] == sorted(GOOD)
+    assert stats["complete"] is True and stats["engine"] == "local"
+
+
+# -- verify and restore ---------------------------------------------------------------------------
+def test_verify_passes_on_a_fresh_archive(encoded, capsys):
+    rc, out, err = run_cli(capsys, "verify", encoded[1])
+    assert rc == 0, err
+    assert "verified 4 image(s)" in out
+
+
+def test_restore_all_and_by_id(encoded, tmp_path, capsys):
+    src, dst = encoded
+    rc, out, _ = run_cli(capsys, "restore", dst, tmp_path / "all", "--all")
+    assert rc == 0 and "restored 4 image(s)" in out
+    written = sorted(p.relative_to(tmp_path / "all").as_posix() for p in (tmp_path / "all").rglob("*") if p.is_file())
+    assert written == ["a.png", "b.png", "sub/c.png", "sub/deeper/d.png"]
+    rows = {r["id"]: r for r in open_archive(dst).read().to_pylist()}
+    for key, (h, w, mode, _) in GOOD.items():
+        restored = Image.open(tmp_path / "all" / (key.rsplit(".", 1)[0] + ".png"))
+        assert restored.size == (w, h) and restored.mode == mode
+        pixels = np.asarray(restored)
+        # The restored file holds exactly the pixels verified when the row was written.
+        assert hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest() == rows[key]["recon_sha256"]
+        original = np.asarray(Image.open(src / key))
+        mse = np.mean((original.astype(float) - pixels.astype(float)) ** 2)
+        assert 10 * np.log10(255**2 / mse) == pytest.approx(rows[key]["psnr"], abs=0.01)
+
+    rc, out, _ = run_cli(capsys, "restore", dst, tmp_path / "one", "--id", "sub/c.png", "--id", "b.jpg", "--format", "webp")
+    assert rc == 0 and "restored 2 image(s)" in out
+    written = sorted(p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert written == ["b.webp", "sub/c.webp"]
+    with Image.open(tmp_path / "one" / "b.webp") as im:
+        assert im.format == "WEBP" and im.size == (96, 128)
+
+    rc, _, err = run_cli(capsys, "restore", dst, tmp_path / "none", "--id", "nope.png")
+    assert rc == 1
+    assert_one_line_error(err, "'nope.png'", "not in the archive")
+    assert not (tmp_path / "none").exists()
+
+
+def _corrupt_row(archive: Path, rid: str, how: str) -> None:
+    """Rewrite the shard holding ``rid`` with that row damaged in one way."""
+    shard = archive / "part-00000.parquet"
+    rows = pq.ParquetFile(shard).read().to_pylist()
+    row = next(r for r in rows if r["id"] == rid)
+    data = bytearray(row["bitstream"])
+    if how == "flipped-byte":  # the bytes changed after writing: the recorded sha256 catches it
+        data[len(data) // 2] ^= 0x01
+        row["bitstream"] = bytes(data)
+    elif how == "flipped-byte-rehashed":  # the row's hash was updated too: the container CRC catches it
+        data[len(data) // 2] ^= 0x01
+        row["bitstream"] = bytes(data)
+        row["bitstream_sha256"] = hashlib.sha256(row["bitstream"]).hexdigest()
+    elif how == "other-pixels":  # an intact bitstream whose decoded pixels are not those recorded
+        row["recon_sha256"] = hashlib.sha256(b"other pixels").hexdigest()
+    write_shard(archive, 0, pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), overwrite=True)
+
+
+@pytest.mark.parametrize(
+    "how, verify_says",
+    [
+        ("flipped-byte", "its bitstream's sha256 is"),
+        ("flipped-byte-rehashed", "CRC32"),
+        ("other-pixels", "decodes to different pixels"),
+    ],
+)
+def test_verify_detects_a_corrupted_row(encoded, tmp_path, capsys, how, verify_says):
+    dst = tmp_path / "archive"
+    shutil.copytree(encoded[1], dst)
+    _corrupt_row(dst, "b.jpg", how)
+    rc, out, err = run_cli(capsys, "verify", dst)
+    assert rc == 1
+    assert "Traceback" not in err
+    assert "1 of 4 image(s)" in err and "failed verification" in err
+    failure_lines = [line for line in err.splitlines() if line.startswith("  ")]
+    assert len(failure_lines) == 1 and failure_lines[0].startswith("  b.jpg: ")
+    assert verify_says in failure_lines[0]
+    rc, out, _ = run_cli(capsys, "verify", dst, "--json")
+    report = json.loads(out)
+    assert rc == 1 and report["ok"] == 3 and [f["id"] for f in report["failures"]] == ["b.jpg"]
+
+    if how != "other-pixels":  # a damaged bitstream cannot be restored; the others can
+        rc, _, err = run_cli(capsys, "restore", dst, tmp_path / "one", "--id", "b.jpg")
+        assert rc == 1
+        assert_one_line_error(err, "1 of 1 image(s) could not be restored", "b.jpg", "corrupt")
+        assert not (tmp_path / "one" / "b.png").exists()
+        rc, _, err = run_cli(capsys, "restore", dst, tmp_path / "all", "--all")
+        assert rc == 1
+        assert_one_line_error(err, "1 of 4 image(s) could not be restored", "3 written")
+        assert sorted(p.name for p in (tmp_path / "all").rglob("*.png")) == ["a.png", "c.png", "d.png"]
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+def test_encode_restore_inspect_on_s3(tmp_path, capsys, s3_server, s3_bucket, s3_options):
+    import s3fs
+
+    local_src = make_tree(tmp_path / "src")
+    fs = s3fs.S3FileSystem(**s3_options)
+    fs.put(str(local_src) + "/", f"{s3_bucket}/src/", recursive=True)
+    src, dst = f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive"
+
+    rc, out, err = encode(capsys, src, dst, "--endpoint-url", s3_server)
+    assert rc == 0, err
+    assert "archived 4, rejected 4" in out
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/archive"))
+    assert names == ["manifest.json", "part-00000.parquet", "rejected.parquet"]
+    archive = open_archive(dst, s3_options)
+    assert sorted(archive.read(columns=["id"]).column("id").to_pylist()) == sorted(GOOD)
+    assert archive.read(ids=["a.png"], columns=["source_uri"]).column("source_uri")[0].as_py() == f"{src}/a.png"
+
+    # Without --endpoint-url the endpoint comes from the environment (AWS_ENDPOINT_URL, set by the fixture).
+    rc, out, _ = run_cli(capsys, "inspect", dst, "--json")
+    assert rc == 0
+    stats = json.loads(out)
+    assert (stats["num_rows"], stats["num_rejected"]) == (4, 4)
+    assert stats["path"] == dst
+
+    rc, out, _ = run_cli(capsys, "restore", dst, tmp_path / "restored", "--all", "--endpoint-url", s3_server)
+    assert rc == 0 and "restored 4 image(s)" in out
+    for key, (h, w, _, _) in GOOD.items():
+        with Image.open(tmp_path / "restored" / (key.rsplit(".", 1)[0] + ".png")) as im:
+            assert im.size == (w, h)
+
+    rc, _, _ = run_cli(capsys, "restore", dst, f"s3://{s3_bucket}/restored", "--id", "sub/c.png")
+    assert rc == 0
+    with fs.open(f"{s3_bucket}/restored/sub/c.png", "rb") as f:
+        assert Image.open(f).size == (128, 96)
+
+    rc, out, _ = run_cli(capsys, "verify", dst)
+    assert rc == 0 and "verified 4 image(s)" in out
+
+    # Resume on S3: the archived inputs are skipped, the rejected ones are tried again.
+    rc, out, _ = encode(capsys, src, dst)
+    assert rc == 0 and "archived 0, rejected 4, skipped 4" in out
+    assert open_archive(dst, s3_options).num_rows == 4
+
+
+# -- the installed console script -----------------------------------------------------------------
+def test_console_script_end_to_end(tmp_path):
+    script = shutil.which("coldpress", path=os.path.dirname(sys.executable)) or shutil.which("coldpress")
+    if script is None:
+        pytest.fail("the `coldpress` console script is not installed; run `pip install -e .` (scripts/test.sh does)")
+    src = make_tree(tmp_path / "src", keys=("a.png", "sub/c.png"))
+    proc = subprocess.run(
+        [script, "encode", str(src), str(tmp_path / "archive"), "--bpp", BPP, "--codec", CODEC, "--report", "--strict"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "rejected (strict mode)" in proc.stderr and "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["id", "size"]
+    assert [line.split()[0] for line in lines[1:3]] == ["a.png", "sub/c.png"]
+    assert "archived 2, rejected 4" in proc.stdout
+    assert open_archive(tmp_path / "archive").num_rows == 2
+
+
+# -- sample images --------------------------------------------------------------------------------
+def test_samples_are_shipped_and_made_by_the_generator():
+    import coldpress
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    try:
+        import make_samples
+    finally:
+        sys.path.pop(0)
+    shipped = sorted(p.name for p in coldpress.samples_path().iterdir())
+    assert shipped == sorted(make_samples.SAMPLES)
+    assert sum(p.stat().st_size for p in coldpress.samples_path().iterdir()) < 400_000
+    for name, (make, save) in make_samples.SAMPLES.items():
+        expected = np.asarray(make(), dtype=np.float64)
+        with Image.open(coldpress.samples_path() / name) as im:
+            assert im.format == save["format"]
+            actual = np.asarray(im, dtype=np.float64)
+        assert actual.shape == expected.shape
+        if save["format"] == "PNG":
+            assert np.array_equal(actual, expected), name
+        else:
+            mse = np.mean((actual - expected) ** 2)
+            assert 10 * np.log10(255**2 / mse) > 35, name
+
+
+def test_verify_and_inspect_report_an_unreadable_shard(encoded, tmp_path, capsys):
+    dst = tmp_path / "archive"
+    shutil.copytree(encoded[1], dst)
+    shard = dst / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    for command in ("verify", "inspect"):
+        rc, _, err = run_cli(capsys, command, dst)
+        assert rc == 1
+        assert_one_line_error(err, f"coldpress {command}: error:", "part-00000.parquet")
+
+
+def test_inspect_an_archive_where_everything_was_rejected(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in _bad_files().items():
+        (src / name).write_bytes(data)
+    rc, out, _ = encode(capsys, src, tmp_path / "archive")
+    assert rc == 0 and "archived 0, rejected 4" in out
+    rc, out, _ = run_cli(capsys, "inspect", tmp_path / "archive")
+    assert rc == 0
+    assert "images       0 in 0 shard(s)" in out and "rejected     4" in out
+    rc, out, _ = run_cli(capsys, "verify", tmp_path / "archive")
+    assert rc == 0 and "verified 0 image(s)" in out
