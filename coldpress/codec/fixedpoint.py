@@ -18,6 +18,7 @@ So means and scale indexes are bit-identical wherever the model runs.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -30,8 +31,11 @@ INPUT_FRAC_BITS = 6
 
 def _exact_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Convolution of integer-valued float64 tensors; exact on every backend."""
-    with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
-        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    with warnings.catch_warnings():
+        # Setting mkldnn flags re-applies its TF32 setting, which warns on builds without Intel GPUs.
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
+            return F.conv2d(x, w, padding=w.shape[-1] // 2)
 
 
 class FixedPointHyperSynthesis(nn.Module):
