@@ -9,10 +9,13 @@ import sys
 from typing import Any
 
 from coldpress.defaults import DEFAULT_CODEC
+from coldpress.jobs.engines import add_engine_options, engine_kwargs
 
 #: Engines by name: (module, encode function). The local engine runs in this process.
 ENGINES = {
     "local": ("coldpress.pipelines.local", "encode_local"),
+    "beam": ("coldpress.pipelines.beam", "encode_beam"),
+    "ray": ("coldpress.pipelines.ray", "encode_ray"),
 }
 #: Rejected inputs listed in the summary (all of them are in the archive's rejected table).
 SHOWN_REJECTIONS = 20
@@ -44,11 +47,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--codec", default=DEFAULT_CODEC, help=f"codec name (default: {DEFAULT_CODEC}); see `coldpress encode --list-codecs`")
     p.add_argument("--list-codecs", action=_ListCodecs, nargs=0, help="list the available codecs and exit")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
+    add_beam_option(p)
+    add_engine_options(p)
     p.add_argument("--strict", action="store_true", help="exit with status 2 when any input was rejected")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to add to an existing archive instead of skipping the inputs it already holds")
     p.add_argument("--report", action="store_true", help="print a table of every archived image: bytes, bpp, PSNR")
     return p
+
+
+def add_beam_option(p: argparse.ArgumentParser) -> None:
+    """``--beam-option``: Beam pipeline flags passed through to the runner (also used by restore)."""
+    p.add_argument("--beam-option", dest="beam_options", action="append", default=[], metavar="FLAG",
+                   help="with --engine beam: a Beam pipeline option, passed to the runner; write it with '=' "
+                   "and repeat it, e.g. --beam-option=--runner=FlinkRunner --beam-option=--flink_master=host:8081 "
+                   "(default runner: FnApiRunner in this process, one worker per CPU core)")
+
+
+def beam_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's extra keyword arguments: ``pipeline_args`` for beam; --beam-option elsewhere is an error."""
+    import shlex
+
+    from coldpress.errors import ColdpressError
+
+    flags = [flag for option in getattr(args, "beam_options", None) or [] for flag in shlex.split(option)]
+    if args.engine == "beam":
+        return {"pipeline_args": flags}
+    if flags:
+        raise ColdpressError(f"--beam-option applies to --engine beam only (this run uses --engine {args.engine}); "
+                             "add --engine beam or drop the option")
+    return {}
 
 
 class _ListCodecs(argparse.Action):
@@ -70,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = encode(
             args.src, args.dst, codec=args.codec, bpp=args.bpp, storage_options=options,
-            resume=args.resume, strict=args.strict, progress=show_progress(args),
+            resume=args.resume, strict=args.strict, progress=show_progress(args), **beam_kwargs(args),
+            **engine_kwargs(args, args.engine),
         )
         strict_failure = None
     except RejectedInputs as exc:

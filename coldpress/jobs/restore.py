@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import Any
 
 from coldpress.defaults import DEFAULT_RESTORE_FORMAT
+from coldpress.jobs.encode import add_beam_option
+from coldpress.jobs.engines import add_engine_options, engine_kwargs
 
 #: Output formats offered by --format (restored_name/write_image accept these).
 FORMATS = ("png", "webp", "tiff", "bmp", "jpeg")
+#: Engines by name: (module, restore function with the signature of restore_local).
+ENGINES = {
+    "local": ("coldpress.pipelines.local", "restore_local"),
+    "beam": ("coldpress.pipelines.beam", "restore_beam"),
+    "ray": ("coldpress.pipelines.ray", "restore_ray"),
+}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,16 +38,72 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="restore every image of the archive")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default=DEFAULT_RESTORE_FORMAT,
                    help=f"file format of the restored images (default: {DEFAULT_RESTORE_FORMAT}; jpeg drops alpha)")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
+    add_beam_option(p)
+    add_engine_options(p)
+    service = p.add_argument_group("warm restore service (Ray)")
+    service.add_argument("--service", action="store_true",
+                         help="restore through the archive's warm restore service on the Ray cluster at --address "
+                         "(default: auto, the cluster `ray start` runs on this machine), starting it when none runs; "
+                         "it keeps its decoders loaded for the next requests (--actors decoders, "
+                         "--cpus-per-actor / --gpus-per-actor each)")
+    service.add_argument("--stop-service", action="store_true",
+                         help="with --service: stop the archive's service after this request")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from coldpress.jobs.cli import say, show_progress, storage_options
-    from coldpress.pipelines.local import restore_local
+    from coldpress.jobs.encode import beam_kwargs
 
-    paths = restore_local(
+    if args.service:
+        return _run_service(args)
+    if args.stop_service:
+        from coldpress.errors import ColdpressError
+
+        raise ColdpressError("--stop-service applies to --service only; add --service")
+    module, function = ENGINES[args.engine]
+    restore = getattr(importlib.import_module(module), function)
+    paths = restore(
         args.archive, args.dst, ids=None if args.all else args.ids, fmt=args.fmt,
-        storage_options=storage_options(args), progress=show_progress(args),
+        storage_options=storage_options(args), progress=show_progress(args), **beam_kwargs(args),
+        **engine_kwargs(args, args.engine),
     )
     say(args, f"restored {len(paths)} image(s) to {args.dst}")
+    return 0
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    """``--service``: send the request to the archive's warm service (started when none runs)."""
+    from coldpress.errors import ColdpressError
+    from coldpress.jobs.cli import say, storage_options
+    from coldpress.pipelines.ray import RestoreService, connect
+
+    if args.engine not in ("local", "ray"):
+        raise ColdpressError(f"--service runs on Ray; drop --engine {args.engine} (or use --engine ray)")
+    connect(args.address or "auto", quiet=True)
+    options = storage_options(args)
+    try:
+        service = RestoreService.connect(args.archive)
+        started = False
+    except ColdpressError:
+        service = RestoreService.start(
+            args.archive, storage_options=options, num_decoders=args.actors or 1,
+            cpus_per_decoder=args.cpus_per_actor, gpus_per_decoder=args.gpus_per_actor, detached=True,
+        )
+        started = True
+    try:
+        ids = args.ids
+        if args.all:
+            from coldpress.transforms.archive import open_archive
+            from coldpress.transforms.sources import filesystem_for
+
+            fs, _ = filesystem_for(args.archive, options)
+            ids = open_archive(args.archive, filesystem=fs).read(columns=["id"]).column("id").to_pylist()
+        paths = service.restore(ids, args.dst, args.fmt, storage_options=options)
+    finally:
+        if args.stop_service:
+            service.shutdown()
+    say(args, f"restored {len(paths)} image(s) to {args.dst} through the restore service {service.name}"
+              + (" (started now)" if started else "") + ("; service stopped" if args.stop_service else ""))
     return 0

@@ -12,20 +12,26 @@ answer, local disks are not); decoding and encoding run one image at a time in t
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 from tqdm import tqdm
 
-from coldpress.codec import get_codec
 from coldpress.codec.base import Codec
-from coldpress.errors import ArchiveError, ColdpressError, InputRejected, RejectedInputs
+from coldpress.errors import ColdpressError
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
-from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, ArchiveWriter, existing_ids, open_archive
+from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, ArchiveWriter, open_archive
+from coldpress.transforms.plan import (
+    check_bpp,
+    check_strict,
+    join_destination,
+    plan_encode,
+    resolve_codec,
+    restore_failure,
+    restore_failures_error,
+    run_manifest,
+)
 from coldpress.transforms.records import (
     decode_record,
     pixels_sha256,
@@ -33,12 +39,9 @@ from coldpress.transforms.records import (
     restored_names,
     write_image,
 )
-from coldpress.transforms.sources import filesystem_for, list_sources, read_bytes, record_id
+from coldpress.transforms.sources import filesystem_for, read_ahead
 
 ENGINE = "local"
-#: Sources read ahead of the encoder, and threads reading them.
-READ_AHEAD = 8
-READ_THREADS = 4
 #: Rows decoded per Parquet batch when restoring or verifying a whole archive.
 RESTORE_BATCH_ROWS = 16
 
@@ -47,49 +50,6 @@ def _progress(iterable: Iterable[Any] | None = None, *, total: int | None, desc:
     """A tqdm bar on stderr; hidden when ``enabled`` is false or stderr is not a terminal."""
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=None if enabled else True,
                 file=sys.stderr, dynamic_ncols=True, leave=False)
-
-
-def _resolve_codec(codec: str | Codec) -> Codec:
-    if isinstance(codec, Codec):
-        return codec
-    try:
-        return get_codec(codec)
-    except ValueError as exc:  # unknown name: the registry's message lists the known ones
-        raise ColdpressError(f"{exc} (pass it as --codec NAME)") from None
-
-
-def _url(fs: Any, path: str, original: str) -> str:
-    """``path`` on ``fs`` in the form list_sources records URIs: absolute local path, or full URL."""
-    if "://" not in str(original) and "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return os.path.normpath(os.path.abspath(path))
-    return fs.unstrip_protocol(path)
-
-
-def _read_ahead(
-    sources: list[tuple[str, str]], storage_options: Mapping[str, Any] | None
-) -> Iterator[tuple[str, str, bytes | Exception]]:
-    """(uri, key, bytes or the exception reading them) for each source, in order, read in threads."""
-    if not sources:
-        return
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(sources)), thread_name_prefix="coldpress-read") as pool:
-        pending: deque[tuple[str, str, Future]] = deque()
-        it = iter(sources)
-
-        def submit() -> None:
-            for uri, key in it:
-                pending.append((uri, key, pool.submit(read_bytes, uri, storage_options)))
-                return
-
-        for _ in range(READ_AHEAD):
-            submit()
-        while pending:
-            uri, key, future = pending.popleft()
-            submit()
-            try:
-                data: bytes | Exception = future.result()
-            except Exception as exc:  # noqa: BLE001 - becomes a rejected row with the reason
-                data = exc
-            yield uri, key, data
 
 
 def encode_local(
@@ -115,39 +75,16 @@ def encode_local(
     archive yet. ``strict``: after the archive is written, raise RejectedInputs (its ``manifest``
     attribute holds the manifest) when any input was rejected.
     """
-    if not (isinstance(bpp, (int, float)) and bpp > 0):
-        raise ValueError(f"bpp must be a positive number, got {bpp!r}; pass e.g. bpp=0.05")
+    bpp = check_bpp(bpp)
     started = time.monotonic()
-    the_codec = _resolve_codec(codec)
+    the_codec = resolve_codec(codec)
     src, dst = str(src), str(dst)
-    dst_fs, dst_path = filesystem_for(dst, storage_options)
-    dst_root = dst_path.rstrip("/") or dst_path
+    plan = plan_encode(src, dst, storage_options, resume=resume)
+    todo = plan.todo
 
-    sources = list_sources(src, storage_options)
-    # An archive inside the tree it archives must not archive itself on the next run.
-    dst_url = _url(dst_fs, dst_root, dst)
-    sources = [(uri, key) for uri, key in sources if not (uri == dst_url or uri.startswith(dst_url.rstrip("/") + "/"))]
-
-    done = existing_ids(dst, filesystem=dst_fs)
-    if done and not resume:
-        raise ArchiveError(
-            f"{dst} already holds an archive of {len(done)} image(s) and resume is off; write to a new "
-            "destination, delete this one first, or turn resume on to add only the missing inputs"
-        )
-    todo, skipped = [], 0
-    for uri, key in sources:
-        try:
-            if record_id(key) in done:
-                skipped += 1
-                continue
-        except InputRejected:
-            pass  # process_input rejects it with the reason
-        todo.append((uri, key))
-
-    described = the_codec.describe()
-    with ArchiveWriter(dst, rows_per_shard=rows_per_shard, filesystem=dst_fs) as writer:
+    with ArchiveWriter(dst, rows_per_shard=rows_per_shard, filesystem=plan.dst_fs) as writer:
         with _progress(total=len(todo), desc=f"encoding ({the_codec.name} @ {bpp} bpp)", enabled=progress) as bar:
-            for uri, key, data in _read_ahead(todo, storage_options):
+            for uri, key, data in read_ahead(todo, storage_options):
                 status, row = process_input(key, uri, data, the_codec, bpp)
                 if status == "archived":
                     writer.add(row)
@@ -155,35 +92,10 @@ def encode_local(
                     writer.add_rejected(row)
                 bar.set_postfix(archived=writer.archived, rejected=writer.rejected, refresh=False)
                 bar.update()
-        manifest = writer.close(
-            {
-                "engine": ENGINE,
-                "src": src,
-                "codec": the_codec.name,
-                "model_id": described.get("model_id", ""),
-                "weights_hash": described.get("weights_hash", ""),
-                "target_bpp": float(bpp),
-                "device_class": the_codec.device_class,
-                "inputs_seen": len(sources),
-                "skipped": skipped,
-                "resume": resume,
-                "strict": strict,
-                "elapsed_s": round(time.monotonic() - started, 3),
-            }
-        )
-    if strict and manifest.get("rejected"):
-        raise RejectedInputs(
-            f"{manifest['rejected']} of {len(todo)} input(s) were rejected (strict mode); the others are "
-            f"archived in {dst}. See the reasons with `coldpress inspect {dst}` and fix or remove those inputs",
-            manifest,
-        )
+        manifest = writer.close(run_manifest(ENGINE, plan, the_codec, bpp, resume=resume, strict=strict,
+                                             elapsed_s=time.monotonic() - started))
+    check_strict(manifest, plan, strict)
     return manifest
-
-
-def _join(dst: str, name: str) -> str:
-    if "://" in dst:
-        return dst.rstrip("/") + "/" + name
-    return os.path.join(dst, *name.split("/"))
 
 
 def restore_local(
@@ -225,24 +137,17 @@ def restore_local(
                 rid = row["id"]
                 try:
                     pixels = decode_record(row)
-                    target = _join(dst, names[rid])
+                    target = join_destination(dst, names[rid])
                     write_image(pixels, target, fmt, storage_options)
                     written.append((rid, target))
-                except ColdpressError as exc:
-                    failures.append((rid, str(exc)))
-                except (ValueError, OSError, SyntaxError) as exc:  # a decoder choking on a damaged payload
-                    if isinstance(exc, (FileNotFoundError, PermissionError)):
+                except (ColdpressError, ValueError, OSError, SyntaxError) as exc:
+                    reason = restore_failure(exc)
+                    if reason is None:
                         raise  # the destination, not the row: stop
-                    failures.append((rid, f"the bitstream does not decode ({type(exc).__name__}: {exc}); "
-                                     "restore the archive from a replica or re-encode the source"))
+                    failures.append((rid, reason))
                 bar.update()
     if failures:
-        shown = "; ".join(f"{rid}: {msg}" for rid, msg in failures[:5])
-        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-        raise ArchiveError(
-            f"{len(failures)} of {total} image(s) could not be restored from {archive} "
-            f"({len(written)} written to {dst}): {shown}{more}"
-        )
+        raise restore_failures_error(failures, total, len(written), archive, dst)
     return [target for _, target in sorted(written)]
 
 

@@ -456,6 +456,32 @@ class ArchiveWriter:
             self._pending_bytes = 0
             return info
 
+    def adopt_shard(self, info: Mapping[str, Any], ids: Iterable[str]) -> None:
+        """Count a shard that another process wrote into this archive during this run.
+
+        Distributed engines write shards in their workers with ``write_shard`` (under indexes from
+        ``next_shard_index``) and hand what it returned, with the shard's ids, to the driver's
+        writer: the manifest then lists the shard as written by this run, and its ids leave the
+        rejected table like rows added here. Raises ValueError for an id already counted in this run.
+        """
+        ids = list(ids)
+        with self._lock:
+            self._check_open()
+            repeated = self._ids.intersection(ids)
+            if repeated or len(set(ids)) != len(ids):
+                shown = ", ".join(map(repr, sorted(repeated)[:5])) or "one of its ids twice"
+                raise ValueError(
+                    f"shard {info.get('name')!r} repeats {shown} already archived in this run; each input "
+                    "must be written once (a retried task must rewrite its shard under the same name)"
+                )
+            self._ids.update(ids)
+            for rid in ids:
+                self._rejected.pop(rid, None)
+            self._written.append(dict(info))
+            m = _SHARD_RE.match(str(info.get("name", "")))
+            if m and m["prefix"] == self._prefix:
+                self._next_index = max(self._next_index, int(m["index"]) + 1)
+
     @property
     def archived(self) -> int:
         """Rows added in this run (written or buffered)."""

@@ -209,6 +209,15 @@ def rejected_row(key: str, uri: str, reason: str) -> dict[str, Any]:
     return {"id": rid, "source_uri": str(uri), "reason": reason, "created_at": _now()}
 
 
+def unreadable_row(key: str, uri: str, exc: BaseException) -> dict[str, Any]:
+    """The rejected row of a source that could not be read; ``exc`` is what reading it raised."""
+    reason = (
+        f"ReadError: could not read {uri} ({type(exc).__name__}: {exc}); check that it exists and "
+        "that the job's credentials can read it, then run the job again"
+    )
+    return rejected_row(key, uri, reason)
+
+
 def process_input(
     key: str,
     uri: str,
@@ -232,12 +241,7 @@ def process_input(
     if not valid_bpp:
         raise ValueError(f"bpp must be a positive number, got {bpp!r}; pass e.g. --bpp 0.05")
     if isinstance(data_or_exc, BaseException):
-        exc = data_or_exc
-        reason = (
-            f"ReadError: could not read {uri} ({type(exc).__name__}: {exc}); check that it exists and "
-            "that the job's credentials can read it, then run the job again"
-        )
-        return "rejected", rejected_row(key, uri, reason)
+        return "rejected", unreadable_row(key, uri, data_or_exc)
     try:
         return "archived", encode_record(key, uri, data_or_exc, codec, bpp, max_pixels=max_pixels)
     except ColdpressError as exc:

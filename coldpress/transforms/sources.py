@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -23,6 +26,9 @@ from coldpress.errors import ColdpressError, InputRejected
 
 #: Environment variables naming the endpoint of an S3-compatible store, first match wins.
 S3_ENDPOINT_ENV_VARS = ("COLDPRESS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+#: Sources read ahead of their consumer by ``read_ahead``, and threads reading them.
+READ_AHEAD = 8
+READ_THREADS = 4
 _S3_PROTOCOLS = ("s3", "s3a")
 
 
@@ -109,6 +115,38 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
     """The whole content of the file at ``uri`` (local path or fsspec URL)."""
     fs, path = filesystem_for(uri, storage_options)
     return fs.cat_file(path)
+
+
+def read_ahead(
+    sources: list[tuple[str, str]], storage_options: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str, bytes | Exception]]:
+    """(uri, key, bytes or the exception reading them) for each ``(uri, key)`` source, in order.
+
+    Reads up to READ_AHEAD sources ahead in READ_THREADS background threads (object stores are slow
+    to answer, local disks are not). A source that cannot be read gives its exception instead of
+    bytes: ``records.process_input`` turns it into a rejected row with the reason.
+    """
+    if not sources:
+        return
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(sources)), thread_name_prefix="coldpress-read") as pool:
+        pending: deque[tuple[str, str, Future]] = deque()
+        it = iter(sources)
+
+        def submit() -> None:
+            for uri, key in it:
+                pending.append((uri, key, pool.submit(read_bytes, uri, storage_options)))
+                return
+
+        for _ in range(READ_AHEAD):
+            submit()
+        while pending:
+            uri, key, future = pending.popleft()
+            submit()
+            try:
+                data: bytes | Exception = future.result()
+            except Exception as exc:  # noqa: BLE001 - becomes a rejected row with the reason
+                data = exc
+            yield uri, key, data
 
 
 def record_id(key: str) -> str:
