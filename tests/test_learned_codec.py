@@ -131,6 +131,15 @@ def test_decoding_is_identical_across_processes_and_thread_counts(codec, photo, 
         assert out.stdout.strip() == here, f"decode with {threads} threads differs"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: CPU/GPU identity is checked where a GPU is lent")
+def test_gpu_and_cpu_decode_to_the_same_pixels(codec, photo):
+    data = codec.encode(photo, 0.05).bitstream  # encoded on CPU
+    gpu = get_codec("learned", device="cuda")
+    assert np.array_equal(gpu.decode(data), codec.decode(data))
+    data_gpu = gpu.encode(photo, 0.05).bitstream  # encoded on the GPU, decoded on the CPU
+    assert np.array_equal(codec.decode(data_gpu), gpu.decode(data_gpu))
+
+
 def test_entropy_parameters_do_not_depend_on_thread_count(codec, photo):
     y = codec.analysis(photo, 8)
     z = codec.net.h_a(y)
