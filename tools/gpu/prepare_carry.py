@@ -24,7 +24,7 @@ FOLDERS = ("bsds500_train", "bsds500_val", "sun_hays80", "ucmerced")
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--run", default="runs/s16", help="run folder to resume (checkpoint.safetensors + state.json)")
+    p.add_argument("--run", default="checkpoints/cp-extreme-s16", help="run folder to resume (checkpoint.safetensors + state.json)")
     args = p.parse_args()
     carry = ROOT / ".carry"
     for sub in ("train", "evalsub", "run"):
