@@ -191,12 +191,17 @@ def test_default_codec_is_recorded(tmp_path, capsys):
         (["inspect", "{tmp}"], ["coldpress inspect: error:", "not a coldpress archive"]),
         (["verify", "{tmp}/nowhere"], ["no archive at"]),
         (["restore", "{tmp}/nowhere", "{tmp}/out", "--all"], ["no archive at"]),
+        (["encode", "{tmp}", "{tmp}/a", "--bpp", "0.1", "--actors", "2"],
+         ["--actors only works with --engine ray", "this run uses --engine local"]),
+        (["restore", "{tmp}/nowhere", "{tmp}/out", "--all", "--engine", "beam", "--address", "auto", "--batch-size", "2"],
+         ["--address --batch-size only work with --engine ray", "drop them"]),
     ],
 )
 def test_errors_print_one_line_and_exit_1(tmp_path, capsys, argv, fragments):
     rc, _, err = run_cli(capsys, *(a.format(tmp=tmp_path) for a in argv))
     assert rc == 1
     assert_one_line_error(err, *fragments)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "out").exists()  # nothing written
 
 
 def test_bad_arguments_are_refused_by_the_parser(tmp_path, capsys):

@@ -57,7 +57,19 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_kwargs(args: argparse.Namespace, engine: str) -> dict[str, Any]:
-    """The engine options given on the command line, as keyword arguments of ``engine``'s functions."""
+    """The engine options given on the command line, as keyword arguments of ``engine``'s functions.
+
+    Options of another engine are an error (they would otherwise be ignored without a word)."""
+    from coldpress.errors import ColdpressError
+
+    foreign = given_foreign_options(args, engine)
+    if foreign:
+        owners = sorted({other for other, opts in ENGINE_OPTIONS.items() if other != engine
+                         and any(f"--{d.replace('_', '-')}" in foreign for d in opts)})
+        raise ColdpressError(
+            f"{' '.join(foreign)} only work{'s' if len(foreign) == 1 else ''} with --engine {' or '.join(owners)} "
+            f"(this run uses --engine {engine}); add --engine {owners[0]} or drop {'it' if len(foreign) == 1 else 'them'}"
+        )
     options = ENGINE_OPTIONS.get(engine, {})
     return {kw: getattr(args, dest) for dest, kw in options.items() if getattr(args, dest, None) is not None}
 
