@@ -36,11 +36,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from coldpress.transforms.sources import IMAGE_SUFFIXES
+
 DEFAULT_RD_CODECS = ("learned", "avif", "avif-half", "avif-quarter", "webp", "jpeg")
 DEFAULT_BPPS = (0.03, 0.05, 0.1)
 #: Codecs the Bjøntegaard deltas are computed against, the primary one first.
 BD_ANCHORS = ("avif-half", "avif")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".ppm", ".avif")
 PER_IMAGE_FIELDS = (
     "image", "width", "height", "codec", "target_bpp", "status", "achieved_bpp", "psnr", "ms_ssim",
     "encode_s", "decode_s", "encode_mp_s", "decode_mp_s", "needed_bpp", "params", "message",

@@ -20,39 +20,32 @@ from PIL import Image
 from coldpress.codec.networks import ExtremeCodecNet, NetConfig
 from coldpress.jobs.train import DEFAULT_DATA
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
-
-
 def list_images(folders: list[str]) -> list[str]:
-    """Image files under each folder (local path or fsspec URL), sorted."""
-    import fsspec.core
+    """Image files under each folder (local path or fsspec URL), in ``list_sources`` order."""
+    from coldpress.transforms.sources import IMAGE_SUFFIXES, list_sources
 
-    out: list[str] = []
-    for folder in folders:
-        fs, root = fsspec.core.url_to_fs(folder)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        for path in sorted(fs.find(root)):
-            if path.lower().endswith(IMAGE_SUFFIXES):
-                out.append(path if protocol == "file" else f"{protocol}://{path}")
-    return out
+    return [uri for folder in folders for uri, key in list_sources(folder) if key.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def read_rgb(uri: str) -> np.ndarray:
+    """The image at ``uri`` (local path or fsspec URL) as uint8 RGB."""
+    from coldpress.transforms.sources import read_bytes
+
+    return np.asarray(Image.open(io.BytesIO(read_bytes(uri))).convert("RGB"))
 
 
 def load_images(paths: list[str], min_side: int, device: torch.device) -> list[torch.Tensor]:
     """Decode every image into a uint8 (3,H,W) tensor on ``device``; skip those smaller than a crop."""
-    import fsspec
-
     images = []
     for p in paths:
-        with fsspec.open(p, "rb") as f:
-            data = f.read()
         try:
-            im = Image.open(io.BytesIO(data)).convert("RGB")
+            im = read_rgb(p)
         except Exception as exc:  # noqa: BLE001 - a broken training file is skipped, with a note
             print(f"train: skipping {p}: {exc}", file=sys.stderr)
             continue
-        if min(im.size) < min_side:
+        if min(im.shape[:2]) < min_side:
             continue
-        images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).to(device))
+        images.append(torch.from_numpy(im.copy()).permute(2, 0, 1).to(device))
     return images
 
 
@@ -83,16 +76,13 @@ def rd_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
 @torch.no_grad()
 def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: torch.device) -> list[dict]:
     """Estimated rate (from likelihoods) and PSNR of whole images at rate knobs ``qs``."""
-    import fsspec
-
     model.eval()
     stride = model.cfg.total_stride
+    images = [read_rgb(p) for p in paths]  # read once, coded at every q
     results = []
     for q in qs:
         bpps, psnrs = [], []
-        for p in paths:
-            with fsspec.open(p, "rb") as f:
-                im = np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
+        for im in images:
             h, w = im.shape[:2]
             x = torch.from_numpy(im.copy()).permute(2, 0, 1)[None].float().div(255).to(device)
             ph, pw = (-h) % stride, (-w) % stride
@@ -272,12 +262,7 @@ def export_run(args: argparse.Namespace, state: dict) -> Path:
 
     run = Path(args.run)
     calib_paths = list_images([args.eval or (state["data"] or [DEFAULT_DATA])[0]])[:8]
-    calibration = []
-    for p in calib_paths:
-        import fsspec
-
-        with fsspec.open(p, "rb") as f:
-            calibration.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+    calibration = [read_rgb(p) for p in calib_paths]
     eval_note = state.get("eval")
     card = {
         "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes on {state.get('device', '?')}, "

@@ -45,10 +45,10 @@ from coldpress.transforms.schema import (
     ARCHIVE_FORMAT_VERSION,
     ARCHIVE_SCHEMA,
     BITSTREAM_BYTES_KEY,
-    FORMAT_KEY,
     REJECTED_FORMAT,
     REJECTED_SCHEMA,
     conform_table,
+    format_tag,
     parquet_write_options,
     rejected_to_table,
     row_group_bounds,
@@ -613,8 +613,7 @@ class Shard:
 
 
 def _check_format(fs: Any, path: str, schema_metadata: Mapping[bytes, bytes] | None, names: list[str], expected: str) -> None:
-    found = (schema_metadata or {}).get(FORMAT_KEY)
-    found = found.decode("utf-8", "replace") if found is not None else None
+    found = format_tag(schema_metadata)
     kind, _, version = expected.partition("/")
     where = _display(fs, path)
     if found is None or not found.startswith(kind + "/"):

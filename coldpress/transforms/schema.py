@@ -292,7 +292,7 @@ def validate_row(row: Mapping[str, Any], rejected: bool = False) -> None:
         _build_table([row], ARCHIVE_SCHEMA, "archive", sort=False)
 
 
-def table_format(schema: pa.Schema) -> str | None:
-    """The coldpress format tag ("archive/1", "rejected/1") of a file's schema, or None."""
-    value = (schema.metadata or {}).get(FORMAT_KEY)
+def format_tag(schema_metadata: Mapping[bytes, bytes] | None) -> str | None:
+    """The coldpress format tag ("archive/1", "rejected/1") in a file's schema metadata, or None."""
+    value = (schema_metadata or {}).get(FORMAT_KEY)
     return value.decode("utf-8", "replace") if value is not None else None

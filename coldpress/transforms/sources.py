@@ -36,6 +36,11 @@ class SourceNotFound(ColdpressError, FileNotFoundError):
     """The SRC of a job does not exist."""
 
 
+#: File name endings of images, for tools that pick images out of a folder by name (training,
+#: benchmarks). Archiving does not filter by name: every file is read and non-images are rejected.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".ppm", ".avif")
+
+
 def _protocol(url: str) -> str:
     protocol, _ = fsspec.core.split_protocol(url)
     return protocol or "file"
