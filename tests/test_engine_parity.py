@@ -27,7 +27,7 @@ def _contents(archive: Path) -> tuple[dict[str, bytes], dict[str, str]]:
 
 def test_local_ray_and_beam_archives_are_identical(tmp_path):
     from coldpress.pipelines.beam import encode_beam
-    from coldpress.pipelines.ray import encode_ray
+    from coldpress.pipelines.ray import connect, encode_ray
 
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -37,9 +37,7 @@ def test_local_ray_and_beam_archives_are_identical(tmp_path):
 
     encode_local(str(src), str(tmp_path / "local"), bpp=BPP, progress=False)
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, logging_level="WARNING",
-                 log_to_driver=False)
+    connect(num_cpus=2, object_store_memory=256 << 20, quiet=True)  # no-op when a test module started Ray
     try:
         encode_ray(str(src), str(tmp_path / "ray"), bpp=BPP, progress=False)
     finally:

@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 from coldpress.errors import ArchiveError, ColdpressError  # noqa: E402
 from coldpress.jobs import cli  # noqa: E402
 from coldpress.pipelines.local import encode_local, restore_local, verify_local  # noqa: E402
-from coldpress.pipelines.ray import RestoreService, encode_ray, restore_ray  # noqa: E402
+from coldpress.pipelines.ray import RestoreService, connect, encode_ray, restore_ray  # noqa: E402
 from coldpress.transforms.archive import open_archive, write_shard  # noqa: E402
 from coldpress.transforms.records import decode_record  # noqa: E402
 from synthetic_images import natural_image  # noqa: E402
@@ -34,8 +34,7 @@ def ray_instance(s3_server):
     """Ray workers get the environment of ray.init: start it after the S3 server set its credentials."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, logging_level="WARNING",
-             log_to_driver=False)
+    connect(num_cpus=2, object_store_memory=256 << 20, quiet=True)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
