@@ -184,3 +184,36 @@ def test_corrupted_payload_never_decodes_silently(codec):
     data[len(data) // 2] ^= 0x10
     with pytest.raises(BitstreamError):
         codec.decode(bytes(data))
+
+
+def test_context_parameters_do_not_depend_on_thread_count(codec, photo):
+    if not codec.loaded.has_context:
+        pytest.skip("the default model has no spatial context")
+    y, z = codec._hyper(codec.analysis(photo, 8), 40)
+    z_hat = codec.net.entropy_bottleneck.decompress(codec.net.entropy_bottleneck.compress(z), z.shape[-2:])
+    means, scales = codec.loaded.hyper_parameters(z_hat)
+    anchors_hat = torch.round(y - means) + means
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(codec.loaded.context_parameters(anchors_hat, means, scales))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_bitstreams_of_older_shipped_models_still_decode(photo):
+    """Archives outlive the default model: a bitstream loads the shipped model that made it."""
+    from coldpress.codec import decode_bitstream
+
+    reg = registry()
+    older = [m for m in reg["models"] if m != reg["default"]]
+    if not older:
+        pytest.skip("only one learned model is shipped")
+    for model_id in older:
+        old = get_codec("learned", model=model_id, device="cpu")
+        data = old.encode(photo, 0.05).bitstream
+        assert container.unpack(data).model_id == model_id
+        assert np.array_equal(decode_bitstream(data, device="cpu"), old.decode(data))

@@ -98,3 +98,41 @@ def test_loading_is_strict_about_keys(trained_run, tmp_path):
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(ColdpressError, match="missing"):
         load_model(str(bad))
+
+
+def test_a_checkerboard_context_is_added_to_a_run_and_trained_alone(trained_run, tmp_path):
+    run = tmp_path / "ctx"
+    run.mkdir()
+    for f in trained_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    before = load_file(str(run / "checkpoint.safetensors"))
+    assert train_main(["--run", str(run), "--steps", "2", "--lr", "1e-2", "--context", "checkerboard",
+                       "--train-only", "context", *STEPS]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["config"]["context"] == "checkerboard" and state["train_only"] == "context"
+    after = load_file(str(run / "checkpoint.safetensors"))
+    new = set(after) - set(before)
+    assert new and all(k.startswith("context.") for k in new)
+    for k in before:  # everything but the context is frozen
+        assert np.array_equal(before[k].numpy(), after[k].numpy()), k
+    assert after["context.params.4.weight"].abs().sum() > 0  # the zero-initialised last layer learned
+
+    out = tmp_path / "weights"
+    assert train_main(["--run", str(run), "--steps", "0", "--model-id", "tiny-ctx-v0", "--export-to", str(out)]) == 0
+    assert "checkerboard" in (out / "tiny-ctx-v0.md").read_text()
+    codec = get_codec("learned", model=str(out / "tiny-ctx-v0.safetensors"), device="cpu")
+    assert codec.loaded.has_context
+    img = natural_image(96, 128, "RGB", seed=4)
+    for bpp in (0.5, 2.0):
+        result = codec.encode(img, bpp)
+        assert result.achieved_bpp <= bpp
+        assert codec.decode(result.bitstream).shape == img.shape
+
+
+def test_training_only_the_context_needs_a_context(trained_run, tmp_path):
+    run = tmp_path / "noctx"
+    run.mkdir()
+    for f in trained_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(SystemExit, match="--context checkerboard"):
+        train_main(["--run", str(run), "--steps", "1", "--train-only", "context", *STEPS])

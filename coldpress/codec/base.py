@@ -206,6 +206,11 @@ class Codec(abc.ABC):
                 f"{b.model_id!r} to decode it"
             )
 
+    @classmethod
+    def known_models(cls) -> list[str]:
+        """Model ids this codec can load through its ``model`` option (none for reference codecs)."""
+        return []
+
     def _params_probe(self) -> dict[str, Any]:
         """Params of typical size, used to estimate the header before the payload exists."""
         return {}

@@ -1,8 +1,8 @@
 """Export a training checkpoint into shippable weights (safetensors) plus a model card.
 
 Steps: build the CDF tables of the entropy models (once, here, so every device uses the same
-tables), quantize the hyper-synthesis into fixed point with activation ranges calibrated on
-real images, store float networks in float16 (halves the size; decoding computes in float64 and
+tables), quantize the hyper-synthesis (and the checkerboard context, when the model has one) into
+fixed point with activation ranges calibrated on real images, store float networks in float16 (halves the size; decoding computes in float64 and
 encoding in float32 anyway), and write the file with the architecture config in its metadata.
 """
 
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coldpress.codec.fixedpoint import FixedPointHyperSynthesis
-from coldpress.codec.models import FIXED_PREFIX
-from coldpress.codec.networks import ExtremeCodecNet, NetConfig, count_parameters, scale_table
+from coldpress.codec.fixedpoint import FixedPointStack
+from coldpress.codec.models import CONTEXT_PREFIX, FIXED_PREFIX, PARAMS_PREFIX
+from coldpress.codec.networks import ExtremeCodecNet, NetConfig, anchor_mask, count_parameters, scale_table
 
 # Tensors kept in float32: the entropy models (their quantiles and tables define the bitstream).
 _KEEP_FP32 = ("entropy_bottleneck.", "gaussian_conditional.", "gains.")
@@ -40,8 +40,8 @@ def load_checkpoint(path: str | Path) -> tuple[ExtremeCodecNet, dict]:
 
 
 @torch.no_grad()
-def calibration_latents(net: ExtremeCodecNet, images: list[np.ndarray]) -> list[torch.Tensor]:
-    """Quantized hyper-latents of ``images`` at every trained rate point."""
+def calibration_latents(net: ExtremeCodecNet, images: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(latent y, quantized hyper-latent z_hat) of ``images`` at every trained rate point."""
     out = []
     stride = net.cfg.total_stride
     for rgb in images:
@@ -52,8 +52,27 @@ def calibration_latents(net: ExtremeCodecNet, images: list[np.ndarray]) -> list[
         for q in range(net.cfg.rate_points):
             gain, _ = net.gains(torch.tensor([float(q)]))
             z = net.h_a(y0 * gain)
-            out.append(net.entropy_bottleneck.quantize(z, "dequantize", net.entropy_bottleneck._get_medians()))
+            out.append((y0 * gain, net.entropy_bottleneck.quantize(z, "dequantize", net.entropy_bottleneck._get_medians())))
     return out
+
+
+@torch.no_grad()
+def fixed_point_stacks(net: ExtremeCodecNet, latents: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, FixedPointStack]:
+    """The fixed-point networks of the entropy parameters, by weights-file prefix, calibrated on ``latents``."""
+    hs = FixedPointStack.from_float(net.h_s, [z_hat for _, z_hat in latents])
+    stacks = {FIXED_PREFIX: hs}
+    if net.cfg.context == "checkerboard":
+        ctx_inputs, param_inputs = [], []
+        for y, z_hat in latents:
+            means, scales = hs(z_hat).chunk(2, dim=1)
+            anchors_hat = (torch.round(y.double() - means) + means) * anchor_mask(*y.shape[-2:])
+            ctx_inputs.append(anchors_hat)
+            ctx = net.context.context.double()(anchors_hat)
+            param_inputs.append(torch.cat([means, scales, ctx], dim=1))
+        net.context.float()
+        stacks[CONTEXT_PREFIX] = FixedPointStack.from_float(net.context.context, ctx_inputs, input_frac_bits=None)
+        stacks[PARAMS_PREFIX] = FixedPointStack.from_float(net.context.params, param_inputs, input_frac_bits=None)
+    return stacks
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibration: list[np.ndarray],
@@ -63,17 +82,18 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
 
     net, meta = load_checkpoint(checkpoint)
     net.update(scale_table=scale_table(), force=True)
-    fixed = FixedPointHyperSynthesis.from_float(net.h_s, calibration_latents(net, calibration))
+    stacks = fixed_point_stacks(net, calibration_latents(net, calibration))
     tensors = {}
     for k, v in net.state_dict().items():
-        if k.startswith("h_s."):
+        if k.startswith(("h_s.", "context.")):
             continue
         v = v.detach().cpu().contiguous()
         if v.is_floating_point() and not k.startswith(_KEEP_FP32):
             v = v.half()
         tensors[k] = v
-    for k, v in fixed.state_dict().items():
-        tensors[FIXED_PREFIX + k] = v.detach().cpu().contiguous()
+    for prefix, stack in stacks.items():
+        for k, v in stack.state_dict().items():
+            tensors[prefix + k] = v.detach().cpu().contiguous()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{model_id}.safetensors"
@@ -85,13 +105,16 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
         "hyper-analysis (h_a)": count_parameters(net.h_a),
         "hyper-synthesis (h_s, fixed point)": count_parameters(net.h_s),
         "decoder (g_s)": count_parameters(net.g_s),
+        **({"checkerboard context (fixed point)": count_parameters(net.context)} if hasattr(net, "context") else {}),
         "total": count_parameters(net),
     }
     lines = [
         f"# Model card: {model_id}", "",
         "The learned extreme codec of coldpress (`--codec learned`): an AEIC-style shallow encoder, a mean-scale",
         "hyperprior on compressai's entropy models with a fixed-point hyper-synthesis (bit-exact entropy",
-        "parameters on every device), gain units for one continuous rate knob, and a coarse decoder.", "",
+        "parameters on every device), gain units for one continuous rate knob, and a coarse decoder."
+        + (" Latents are coded in two checkerboard passes: the second uses parameters refined from the"
+           " decoded anchors (a fixed-point spatial context)." if net.cfg.context == "checkerboard" else ""), "",
         f"- weights: `{path.name}`, sha256 `{digest}`, {path.stat().st_size / 1e6:.1f} MB (float16 networks)",
         f"- architecture: `{meta['config']}`",
         "- parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in params.items()),

@@ -1,9 +1,10 @@
-"""Exact, device-independent evaluation of the hyper-synthesis (the entropy parameters).
+"""Exact, device-independent evaluation of the networks that compute entropy parameters.
 
 Learned codecs break when the decoder computes slightly different Gaussian scales than the encoder
 did: a scale that lands on the other side of a scale-table boundary selects another CDF and the
 range decoder produces garbage (compressai's "black blocks on another GPU"). coldpress designs this
-out: the hyper-synthesis runs in fixed point.
+out: every network that feeds the entropy coder (the hyper-synthesis and, in models with a spatial
+context, the checkerboard context and its parameter network) runs in fixed point.
 
 - Weights are integers (per-output-channel scale, 12-bit signed), activations are integers with a
   per-layer number of fractional bits chosen by calibration.
@@ -38,8 +39,10 @@ def _exact_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
             return F.conv2d(x, w, padding=w.shape[-1] // 2)
 
 
-class FixedPointHyperSynthesis(nn.Module):
-    """Integer version of ``networks.HyperSynthesis``; built by ``from_float`` or loaded from tensors."""
+class FixedPointStack(nn.Module):
+    """Integer version of a ``net`` Sequential of convolutions, ReLUs and pixel shuffles (for example
+    ``networks.HyperSynthesis``); built by ``from_float`` or loaded from tensors. The output (of the
+    last convolution) is float64 and not rounded."""
 
     def __init__(self, layout: list[str], n_convs: int):
         super().__init__()
@@ -53,9 +56,14 @@ class FixedPointHyperSynthesis(nn.Module):
         self.register_buffer("frac_bits", torch.zeros(n_convs + 1, dtype=torch.int32))
 
     @staticmethod
-    def layout_of(float_module: nn.Module) -> list[str]:
+    def layers(float_module: nn.Module) -> list[nn.Module]:
+        """The layers of a Sequential, or of a module's ``net`` Sequential."""
+        return list(float_module.net if hasattr(float_module, "net") else float_module)
+
+    @classmethod
+    def layout_of(cls, float_module: nn.Module) -> list[str]:
         ops = []
-        for m in float_module.net:
+        for m in cls.layers(float_module):
             if isinstance(m, nn.Conv2d):
                 ops.append("conv")
             elif isinstance(m, nn.PixelShuffle):
@@ -67,10 +75,14 @@ class FixedPointHyperSynthesis(nn.Module):
         return ops
 
     @classmethod
-    def from_float(cls, float_module: nn.Module, calibration_inputs: list[torch.Tensor]) -> "FixedPointHyperSynthesis":
-        """Quantize a trained ``HyperSynthesis``; activation ranges come from ``calibration_inputs``."""
+    def from_float(cls, float_module: nn.Module, calibration_inputs: list[torch.Tensor],
+                   input_frac_bits: int | None = INPUT_FRAC_BITS) -> "FixedPointStack":
+        """Quantize a trained module; activation ranges come from ``calibration_inputs``.
+
+        ``input_frac_bits``: fractional bits of the input; None calibrates them like the other layers.
+        """
         layout = cls.layout_of(float_module)
-        convs = [m for m in float_module.net if isinstance(m, nn.Conv2d)]
+        convs = [m for m in cls.layers(float_module) if isinstance(m, nn.Conv2d)]
         fp = cls(layout, len(convs))
         # Activation range at the input of each conv (and of the output), measured in float.
         maxima = [0.0] * (len(convs) + 1)
@@ -78,7 +90,7 @@ class FixedPointHyperSynthesis(nn.Module):
             for z in calibration_inputs:
                 x = z.double()
                 ci = 0
-                for op, m in zip(layout, float_module.net):
+                for op, m in zip(layout, cls.layers(float_module)):
                     if op == "conv":
                         maxima[ci] = max(maxima[ci], float(x.abs().max()))
                         x = F.conv2d(x, m.weight.double(), m.bias.double(), padding=m.padding)
@@ -88,8 +100,8 @@ class FixedPointHyperSynthesis(nn.Module):
                 maxima[ci] = max(maxima[ci], float(x.abs().max()))
         frac = []
         for i, mx in enumerate(maxima):
-            if i == 0:
-                frac.append(INPUT_FRAC_BITS)
+            if i == 0 and input_frac_bits is not None:
+                frac.append(input_frac_bits)
             else:
                 # Leave 4x headroom over the calibrated maximum.
                 frac.append(int(max(0, min(12, math.floor(math.log2(ACT_LIMIT / (4 * max(mx, 1e-3))))))))
@@ -112,10 +124,10 @@ class FixedPointHyperSynthesis(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means, scales) in float64, bit-identical on every device, thread count and process."""
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The output in float64, bit-identical on every device, thread count and process."""
         frac = [int(v) for v in self.frac_bits]
-        x = torch.round(z_hat.double() * 2.0 ** frac[0])
+        x = torch.round(inputs.double() * 2.0 ** frac[0])
         ci = 0
         for op in self.layout:
             if op == "conv":
@@ -131,5 +143,4 @@ class FixedPointHyperSynthesis(nn.Module):
                 x = F.pixel_shuffle(x, 2)
             elif op == "relu":
                 x = torch.relu(x)
-        means, scales = x.chunk(2, dim=1)
-        return means, scales
+        return x

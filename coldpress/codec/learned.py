@@ -4,7 +4,12 @@ Encoding: optional downscaling (arbitrary scale, for the lowest rates), padding 
 the shallow encoder (tiled with a halo for large images, so memory follows the tile), gain vectors
 at a continuous rate knob ``q``, the hyper-analysis, real range coding of the hyper-latent with
 compressai's EntropyBottleneck, fixed-point hyper-synthesis (bit-exact entropy parameters on every
-device), and range coding of the latent with compressai's GaussianConditional.
+device), and range coding of the latent with compressai's GaussianConditional. Models with a
+checkerboard context code the latent in two passes (anchors, then the rest with parameters refined
+from the decoded anchors, also in fixed point).
+
+Payload: varint(len(z)) z y for hyperprior-only models; varint(len(z)) z varint(len(y_anchors))
+y_anchors y_others for checkerboard models (the model id in the container says which).
 
 Rate control: for each candidate scale (largest first), a bisection on ``q`` finds the highest knob
 whose real bitstream fits the byte budget; sizes are always measured on real bitstreams.
@@ -28,6 +33,7 @@ from PIL import Image
 
 from coldpress.codec.base import Codec
 from coldpress.codec.models import LoadedModel, load_model
+from coldpress.codec.networks import anchor_mask
 from coldpress.codec.registry import register
 from coldpress.errors import BitstreamError, RateUnreachableError
 
@@ -105,6 +111,12 @@ class LearnedCodec(Codec):
         self.tile = tile
         self._lock = threading.Lock()  # compressai's coders are not re-entrant across threads
 
+    @classmethod
+    def known_models(cls) -> list[str]:
+        from coldpress.codec.models import registry
+
+        return list(registry()["models"])
+
     # -- network stages ------------------------------------------------------------------------
     @property
     def net(self):
@@ -129,34 +141,84 @@ class LearnedCodec(Codec):
         s = self.net.cfg.latent_stride
         return _tiled(self.net.g_a, x, 1 / s, self.tile, HALO, s)
 
-    @torch.no_grad()
-    def _code_latent(self, y: torch.Tensor, q16: int) -> bytes:
+    def _hyper(self, y: torch.Tensor, q16: int):
+        """The gain-scaled latent (float64, on CPU) and its hyper-latent z, at rate knob q16."""
         net = self.net
         gain, _ = net.gains(torch.tensor([q16 / Q_STEPS], device=y.device))
         y = y * gain
         z = net.h_a(y)
+        return y.double().cpu(), z
+
+    @torch.no_grad()
+    def _code_latent(self, y: torch.Tensor, q16: int) -> bytes:
+        net, loaded = self.net, self.loaded
+        y, z = self._hyper(y, q16)
         with self._lock:
             z_strings = net.entropy_bottleneck.compress(z)
             z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        means, indexes = self.loaded.entropy_parameters(z_hat)
+        means, scales = loaded.hyper_parameters(z_hat)
+        gc = net.gaussian_conditional
+        if not loaded.has_context:
+            with self._lock:
+                y_strings = gc.compress(y, loaded.scale_indexes(scales), means=means)
+            return _varint(len(z_strings[0])) + z_strings[0] + y_strings[0]
+        anchor = anchor_mask(*y.shape[-2:])
+        anchors_hat = torch.round(y - means) + means  # what the decoder will see on the anchors
+        c_means, c_scales = loaded.context_parameters(anchors_hat, means, scales)
+        other = ~anchor
         with self._lock:
-            y_strings = net.gaussian_conditional.compress(y.double().cpu(), indexes, means=means)
-        return _varint(len(z_strings[0])) + z_strings[0] + y_strings[0]
+            a_strings = gc.compress(y[..., anchor], loaded.scale_indexes(scales[..., anchor]), means=means[..., anchor])
+            o_strings = gc.compress(y[..., other], loaded.scale_indexes(c_scales[..., other]), means=c_means[..., other])
+        return (_varint(len(z_strings[0])) + z_strings[0] + _varint(len(a_strings[0])) + a_strings[0]
+                + o_strings[0])
 
     @torch.no_grad()
     def estimate_bits(self, rgb: np.ndarray, q16: int, eighths: int = 8) -> float:
         """The model's own rate estimate (from its likelihoods) for the bitstream ``_code_latent`` makes."""
-        net = self.net
-        y = self.analysis(rgb, eighths)
-        gain, _ = net.gains(torch.tensor([q16 / Q_STEPS], device=y.device))
-        y = y * gain
-        z = net.h_a(y)
+        net, loaded = self.net, self.loaded
+        y, z = self._hyper(self.analysis(rgb, eighths), q16)
         z_hat, z_lik = net.entropy_bottleneck(z, training=False)
-        means, indexes = self.loaded.entropy_parameters(z_hat)
-        scales = net.gaussian_conditional.scale_table.double()[indexes.long()]
-        y_hat = torch.round(y.double().cpu() - means) + means
+        means, scales = loaded.hyper_parameters(z_hat)
+        if loaded.has_context:
+            anchor = anchor_mask(*y.shape[-2:])
+            c_means, c_scales = loaded.context_parameters(torch.round(y - means) + means, means, scales)
+            means, scales = torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
+        table = net.gaussian_conditional.scale_table.double()
+        scales = table[loaded.scale_indexes(scales).long()]
+        y_hat = torch.round(y - means) + means
         y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means=means).clamp_min(1e-9)
         return float(-torch.log2(z_lik.double()).sum() - torch.log2(y_lik).sum())
+
+    def _decode_latent(self, payload: bytes, z_shape: tuple[int, int]) -> torch.Tensor:
+        """The gain-scaled latent y_hat (float64, CPU) of a payload."""
+        net, loaded = self.net, self.loaded
+        gc = net.gaussian_conditional
+        n_z, pos = _read_varint(payload, 0)
+        if pos + n_z > len(payload):
+            raise BitstreamError("learned payload is truncated (hyper-latent longer than the payload)")
+        z_string, pos = payload[pos : pos + n_z], pos + n_z
+        with self._lock:
+            z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
+        means, scales = loaded.hyper_parameters(z_hat)
+        if not loaded.has_context:
+            with self._lock:
+                return gc.decompress([payload[pos:]], loaded.scale_indexes(scales), means=means)
+        n_a, pos = _read_varint(payload, pos)
+        if pos + n_a > len(payload):
+            raise BitstreamError("learned payload is truncated (anchor latents longer than the payload)")
+        anchor = anchor_mask(*means.shape[-2:])
+        other = ~anchor
+        y_hat = torch.zeros_like(means)
+        with self._lock:
+            y_hat[..., anchor] = gc.decompress(
+                [payload[pos : pos + n_a]], loaded.scale_indexes(scales[..., anchor]), means=means[..., anchor]
+            )
+        c_means, c_scales = loaded.context_parameters(y_hat, means, scales)
+        with self._lock:
+            y_hat[..., other] = gc.decompress(
+                [payload[pos + n_a :]], loaded.scale_indexes(c_scales[..., other]), means=c_means[..., other]
+            )
+        return y_hat
 
     # -- the Codec contract --------------------------------------------------------------------
     def _params_probe(self) -> dict[str, Any]:
@@ -195,19 +257,10 @@ class LearnedCodec(Codec):
             raise BitstreamError(f"learned bitstream has invalid rate parameters {params}; it is corrupted") from None
         if eighths not in SCALES_EIGHTHS or not 0 <= q16 <= (net.cfg.rate_points - 1) * Q_STEPS:
             raise BitstreamError(f"learned bitstream has out-of-range rate parameters {params}; it is corrupted")
-        n_z, pos = _read_varint(payload, 0)
-        if pos + n_z > len(payload):
-            raise BitstreamError("learned payload is truncated (hyper-latent longer than the payload)")
-        z_string, y_string = payload[pos : pos + n_z], payload[pos + n_z :]
         sw, sh = _scaled_size(width, height, eighths)
         stride = net.cfg.total_stride
         ph, pw = math.ceil(sh / stride) * stride, math.ceil(sw / stride) * stride
-        z_shape = (ph // stride, pw // stride)
-        with self._lock:
-            z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
-        means, indexes = self.loaded.entropy_parameters(z_hat)
-        with self._lock:
-            y_hat = net.gaussian_conditional.decompress([y_string], indexes, means=means)
+        y_hat = self._decode_latent(payload, (ph // stride, pw // stride))
         _, inv_gain = net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
         y_hat = (y_hat.to(self.device) * inv_gain.double())
         s = net.cfg.latent_stride

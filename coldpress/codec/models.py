@@ -3,7 +3,8 @@
 ``coldpress/codec/weights/MODELS.json`` lists the shipped models (id -> file, sha256) and the default.
 A weights file is a safetensors file whose metadata holds the architecture config and the model id;
 its tensors are the float networks (encoder, decoder, hyper-analysis, gains), the entropy models'
-tables and the fixed-point hyper-synthesis. Loading checks the sha256 and the exact key set: a
+tables and the fixed-point networks that compute entropy parameters (the hyper-synthesis and, when
+the model has one, the checkerboard context). Loading checks the sha256 and the exact key set: a
 missing or unexpected tensor is an error, never silently dropped.
 """
 
@@ -20,13 +21,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from coldpress.codec.fixedpoint import FixedPointHyperSynthesis
-from coldpress.codec.networks import ExtremeCodecNet, NetConfig, scale_table
+from coldpress.codec.fixedpoint import FixedPointStack
+from coldpress.codec.networks import ExtremeCodecNet, NetConfig, anchor_mask, scale_table
 from coldpress.errors import ColdpressError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 REGISTRY_FILE = WEIGHTS_DIR / "MODELS.json"
 FIXED_PREFIX = "hs_fixed."
+CONTEXT_PREFIX = "ctx_fixed."  # the context convolution of a checkerboard model
+PARAMS_PREFIX = "ep_fixed."  # its parameter network
+_FIXED_PREFIXES = (FIXED_PREFIX, CONTEXT_PREFIX, PARAMS_PREFIX)
 _CACHE: dict[tuple[str, str], "LoadedModel"] = {}
 _LOCK = threading.Lock()
 
@@ -51,21 +55,51 @@ class LoadedModel:
     sha256: str
     path: Path
     net: ExtremeCodecNet  # float32 parts used for encoding (h_s replaced by the fixed-point module)
-    hs_fixed: FixedPointHyperSynthesis
+    hs_fixed: FixedPointStack
     synthesis64: nn.Module  # float64 copy of the decoder
     metadata: dict
+    ctx_fixed: FixedPointStack | None = None  # checkerboard context (None: hyperprior only)
+    ep_fixed: FixedPointStack | None = None
+
+    @property
+    def has_context(self) -> bool:
+        return self.ctx_fixed is not None
+
+    @torch.no_grad()
+    def hyper_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means, scales) of the latent from the hyperprior: float64 on CPU, bit-identical everywhere."""
+        means, scales = self.hs_fixed(z_hat.to(self.hs_fixed.w0.device)).chunk(2, dim=1)
+        return means.cpu(), scales.cpu()
+
+    def scale_indexes(self, scales: torch.Tensor) -> torch.Tensor:
+        """Indexes (int32) into the Gaussian conditional's scale table; exact comparisons in float64."""
+        table = self.net.gaussian_conditional.scale_table.double().cpu()
+        scales = scales.double().clamp_min(float(table[0]))
+        return torch.searchsorted(table[:-1].contiguous(), scales.contiguous(), right=False).to(torch.int32)
 
     @torch.no_grad()
     def entropy_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means float64, scale-table indexes int32), both on CPU, bit-identical on every device."""
-        means, scales = self.hs_fixed(z_hat.to(self.hs_fixed.w0.device))
-        table = self.net.gaussian_conditional.scale_table.double().to(scales.device)
-        scales = scales.clamp_min(float(table[0]))
-        indexes = torch.searchsorted(table[:-1].contiguous(), scales.contiguous(), right=False)
-        return means.cpu(), indexes.to(torch.int32).cpu()
+        """(means float64, scale-table indexes int32) from the hyperprior, on CPU, bit-identical everywhere."""
+        means, scales = self.hyper_parameters(z_hat)
+        return means, self.scale_indexes(scales)
+
+    @torch.no_grad()
+    def context_parameters(self, anchors_hat: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        """(means, scales) of the non-anchor latents given the decoded anchors (float64, on CPU).
+
+        ``anchors_hat``: the decoded latent on the anchors (anything elsewhere: it is masked here).
+        Every step is exact fixed point or a single float64 addition, so the result is bit-identical
+        on every device.
+        """
+        dev = self.ctx_fixed.w0.device
+        anchor = anchor_mask(*anchors_hat.shape[-2:])
+        ctx = self.ctx_fixed((anchors_hat.double() * anchor).to(dev))
+        d_means, d_scales = self.ep_fixed(torch.cat([means.to(dev), scales.to(dev), ctx], dim=1)).chunk(2, dim=1)
+        return means + d_means.cpu(), scales + d_scales.cpu()
 
     def card_summary(self) -> dict:
-        return {"model_sha256": self.sha256, "latent_stride": self.net.cfg.latent_stride}
+        return {"model_sha256": self.sha256, "latent_stride": self.net.cfg.latent_stride,
+                "context": self.net.cfg.context}
 
 
 def _resolve(model: str | None) -> tuple[str, Path, str | None]:
@@ -108,29 +142,40 @@ def load_weights(path: Path, expected_sha256: str | None = None) -> tuple[dict[s
     return tensors, meta, digest
 
 
-def build(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> tuple[ExtremeCodecNet, FixedPointHyperSynthesis, nn.Module]:
-    """Networks from exported tensors; the key sets must match exactly."""
+def _fixed_like(float_module: nn.Module) -> FixedPointStack:
+    layout = FixedPointStack.layout_of(float_module)
+    return FixedPointStack(layout, layout.count("conv"))
+
+
+def build(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device):
+    """(net, fixed-point stacks by prefix, float64 decoder) from exported tensors; key sets must match exactly."""
     cfg = NetConfig.from_dict(json.loads(meta["config"]))
     net = ExtremeCodecNet(cfg)
-    layout = FixedPointHyperSynthesis.layout_of(net.h_s)
+    fixed = {FIXED_PREFIX: _fixed_like(net.h_s)}
     net.h_s = nn.Identity()  # replaced by the fixed-point module
-    fixed = FixedPointHyperSynthesis(layout, layout.count("conv"))
-    net_sd = {k: v for k, v in tensors.items() if not k.startswith(FIXED_PREFIX)}
-    fixed_sd = {k[len(FIXED_PREFIX):]: v for k, v in tensors.items() if k.startswith(FIXED_PREFIX)}
+    if cfg.context == "checkerboard":
+        fixed[CONTEXT_PREFIX] = _fixed_like(net.context.context)
+        fixed[PARAMS_PREFIX] = _fixed_like(net.context.params)
+        net.context = nn.Identity()
+    net_sd = {k: v for k, v in tensors.items() if not k.startswith(_FIXED_PREFIXES)}
     expected = set(net.state_dict())
-    if set(net_sd) != expected:
-        missing, extra = sorted(expected - set(net_sd)), sorted(set(net_sd) - expected)
+    for prefix, module in fixed.items():
+        expected |= {prefix + k for k in module.state_dict()}
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ColdpressError(
             f"weights do not match the architecture (missing {missing[:5]}, unexpected {extra[:5]}); "
             "the file was exported by another coldpress version: use the matching version or re-export"
         )
     net_sd = {k: (v.float() if v.is_floating_point() and net.state_dict()[k].is_floating_point() else v) for k, v in net_sd.items()}
     net.load_state_dict(net_sd, strict=True)
-    fixed.load_state_dict(fixed_sd, strict=True)
+    for prefix, module in fixed.items():
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        module.to(device)
     synthesis64 = copy.deepcopy(net.g_s).double()
     net.eval()
     synthesis64.eval()
-    return net.to(device), fixed.to(device), synthesis64.to(device)
+    return net.to(device), fixed, synthesis64.to(device)
 
 
 def load_model(model: str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
@@ -145,7 +190,8 @@ def load_model(model: str | None = None, device: torch.device | str = "cpu") -> 
         net, fixed, synthesis64 = build(tensors, meta, device)
         loaded = LoadedModel(
             model_id=model_id or meta.get("model_id", path.stem), sha256=digest, path=path, net=net,
-            hs_fixed=fixed, synthesis64=synthesis64, metadata=meta,
+            hs_fixed=fixed[FIXED_PREFIX], synthesis64=synthesis64, metadata=meta,
+            ctx_fixed=fixed.get(CONTEXT_PREFIX), ep_fixed=fixed.get(PARAMS_PREFIX),
         )
         _CACHE[key] = loaded
         return loaded

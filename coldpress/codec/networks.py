@@ -7,6 +7,10 @@
 - ``HyperAnalysis`` / ``HyperSynthesis``: the mean-scale hyperprior (Ballé 2018, Minnen 2018) whose
   synthesis uses only convolutions, ReLU and pixel shuffles so that it can run in exact fixed point
   (see ``fixedpoint.py``): entropy parameters then decode identically on every device.
+- ``CheckerboardContext``: the optional spatial context (He et al. 2021, as used by ELIC): latents
+  are coded in two passes, anchors (even checkerboard squares) with the hyperprior's parameters, then
+  the others with parameters refined from the decoded anchors around them. Convolutions and ReLUs
+  only, so it too runs in exact fixed point.
 - ``GainUnits``: per-channel gain vectors at K trained rate points, interpolated geometrically for a
   continuous rate knob ``q`` in [0, K-1] (one model for every bitrate).
 - ``ExtremeCodecNet``: the whole trainable model on compressai's EntropyBottleneck and
@@ -46,6 +50,7 @@ class NetConfig:
     dec_channels: tuple[int, ...] = (192, 160, 128, 96, 64)  # from coarse to fine
     rate_points: int = 6
     lambdas: tuple[float, ...] = (0.00012, 0.00025, 0.0005, 0.001, 0.002, 0.004)
+    context: str = "none"  # "none" or "checkerboard"
 
     @property
     def hyper_stride(self) -> int:
@@ -172,6 +177,37 @@ class HyperSynthesis(nn.Module):
         return means, scales
 
 
+def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
+    """(h, w) bool: True on the anchors of the checkerboard (row + column even), coded first."""
+    ij = torch.arange(h, device=device)[:, None] + torch.arange(w, device=device)[None, :]
+    return ij % 2 == 0
+
+
+class CheckerboardContext(nn.Module):
+    """Entropy parameters of the non-anchor latents from the hyperprior's and the decoded anchors.
+
+    ``context``: a 5x5 convolution over the anchors' y_hat (non-anchors zeroed); ``params``: 1x1
+    convolutions over [hyper means, hyper scales, context] predicting corrections to the hyper means
+    and scales. The last layer starts at zero, so a new context starts exactly at the hyperprior.
+    """
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        m = cfg.latent_channels
+        self.context = nn.Sequential(conv(m, m, 5))
+        self.params = nn.Sequential(
+            conv(3 * m, 2 * m, 1), nn.ReLU(), conv(2 * m, 3 * m // 2, 1), nn.ReLU(), conv(3 * m // 2, 2 * m, 1)
+        )
+        nn.init.zeros_(self.params[-1].weight)
+        nn.init.zeros_(self.params[-1].bias)
+
+    def forward(self, anchors_hat: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        """(means, scales) for every position (meaningful on the non-anchors)."""
+        ctx = self.context(anchors_hat)
+        d_means, d_scales = self.params(torch.cat([means, scales, ctx], dim=1)).chunk(2, dim=1)
+        return means + d_means, scales + d_scales
+
+
 class GainUnits(nn.Module):
     """K learned gain vectors (and inverse gains); continuous rate knob by geometric interpolation."""
 
@@ -207,6 +243,10 @@ class ExtremeCodecNet(CompressionModel):
         self.h_a = HyperAnalysis(cfg)
         self.h_s = HyperSynthesis(cfg)
         self.gains = GainUnits(cfg)
+        if cfg.context == "checkerboard":
+            self.context = CheckerboardContext(cfg)
+        elif cfg.context != "none":
+            raise ValueError(f"unknown context {cfg.context!r}: use 'none' or 'checkerboard'")
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
         self.gaussian_conditional = GaussianConditional(None)
 
@@ -224,11 +264,21 @@ class ExtremeCodecNet(CompressionModel):
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         means, scales = self.h_s(z_hat)
+        if self.cfg.context == "checkerboard":
+            means, scales = self.context_parameters(y, means, scales)
         y_hat, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
         # Straight-through rounding for the synthesis input (as in recent compressai training).
         y_st = torch.round(y - means).detach() + (y - means) - (y - means).detach() + means
         x_hat = self.g_s(y_st * inv_gain)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def context_parameters(self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        """Hyperprior (means, scales) on the anchors, context-refined ones on the other latents."""
+        anchor = anchor_mask(*y.shape[-2:], device=y.device)
+        # The decoder sees the anchors as rounded around the hyper means (straight-through here).
+        anchors_hat = (y - means) + (torch.round(y - means) - (y - means)).detach() + means
+        c_means, c_scales = self.context(anchors_hat * anchor, means, scales)
+        return torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
 
     def load_state_dict(self, state_dict, strict: bool = True):  # noqa: D102 - strict by default
         for name, module in self.named_modules():

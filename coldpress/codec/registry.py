@@ -66,7 +66,11 @@ def get_codec(name: str, **options: Any) -> Codec:
 
 
 def codec_for_bitstream(data: bytes, **options: Any) -> Codec:
-    """The codec that can decode ``data``, or ModelMismatchError naming the codec/model it needs."""
+    """The codec that can decode ``data``, or ModelMismatchError naming the codec/model it needs.
+
+    For codecs with several models (``Codec.known_models``), the model recorded in the bitstream is loaded
+    when it is a shipped one, so archives made with an older default model still restore.
+    """
     b = container.unpack(data)
     _load_codec_modules()
     if b.codec not in _FACTORIES:
@@ -76,6 +80,9 @@ def codec_for_bitstream(data: bytes, **options: Any) -> Codec:
             "that provides it"
         )
     codec = get_codec(b.codec, **options)
+    if b.model_id != codec.model_id and "model" not in options and b.model_id in codec.known_models():
+        # Made by another shipped model (an older default, say): load that one, so old archives restore.
+        codec = get_codec(b.codec, model=b.model_id, **options)
     codec.check_compatible(b)
     return codec
 

@@ -43,6 +43,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--export-to", help="folder for the exported weights (default: the package's weights folder)")
     p.add_argument("--register", action="store_true", help="make the exported model the default in MODELS.json")
     p.add_argument("--reset-optimizer", action="store_true", help="resume weights but start a fresh optimizer")
+    p.add_argument("--context", choices=("none", "checkerboard"),
+                   help="spatial context of the latent: a new run gets it; a run without one gets a fresh one "
+                        "added (weights kept)")
+    p.add_argument("--train-only", choices=("all", "context"), default="all",
+                   help="'context': freeze the transforms and entropy models, train only the checkerboard context "
+                        "on the rate (fast: the decoder is not run)")
     return p
 
 

@@ -11,6 +11,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,21 @@ def rd_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
 
 
+def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
+    """Rate of the latent with the transforms frozen: only the checkerboard context learns (no decoder run)."""
+    with torch.no_grad():
+        gain, _ = model.gains(q)
+        y = model.g_a(x) * gain
+        z_hat, z_lik = model.entropy_bottleneck(model.h_a(y), training=False)
+        means, scales = model.h_s(z_hat)
+    c_means, c_scales = model.context_parameters(y, means, scales)
+    _, y_lik = model.gaussian_conditional(y, c_scales, means=c_means)
+    bits = (torch.log(y_lik).flatten(1).sum(1) + torch.log(z_lik).flatten(1).sum(1)) / -math.log(2)
+    bpp = bits / (x.shape[2] * x.shape[3])
+    # Only the non-anchors depend on the context; the loss is their rate (plus constants).
+    return {"loss": bpp.mean(), "bpp": bpp.mean(), "mse": torch.tensor(float("nan"))}
+
+
 @torch.no_grad()
 def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: torch.device) -> list[dict]:
     """Estimated rate (from likelihoods) and PSNR of whole images at rate knobs ``qs``."""
@@ -123,10 +139,27 @@ def load_checkpoint_weights(path: Path) -> tuple[dict, dict]:
     return sd, meta
 
 
-def parameter_groups(model: ExtremeCodecNet):
+def parameter_groups(model: ExtremeCodecNet, train_only: str = "all"):
+    """(main, aux) parameters to optimize; with ``train_only="context"`` everything else is frozen."""
+    if train_only == "context":
+        if model.cfg.context == "none":
+            raise SystemExit("train: --train-only context needs a model with a context; add --context checkerboard")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("context."))
+        return [p for n, p in model.named_parameters() if n.startswith("context.")], []
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     return main, aux
+
+
+def load_run_weights(model: ExtremeCodecNet, sd: dict) -> bool:
+    """Load a checkpoint into ``model``; a context the checkpoint lacks starts fresh. True if it did."""
+    missing = set(model.state_dict()) - set(sd)
+    if missing and all(k.startswith("context.") for k in missing):
+        model.load_state_dict({**model.state_dict(), **sd}, strict=True)
+        return True
+    model.load_state_dict(sd, strict=True)
+    return False
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -146,13 +179,24 @@ def train(args: argparse.Namespace) -> dict:
     else:
         cfg = NetConfig(latent_stride=args.latent_stride)
         state = {"step": 0, "seconds": 0.0, "config": cfg.to_dict(), "data": [], "images": 0}
+    context = getattr(args, "context", None)
+    train_only = getattr(args, "train_only", "all")
+    if context and context != cfg.context:
+        cfg = replace(cfg, context=context)
+        state["config"] = cfg.to_dict()
+        print(f"train: the model's context is now {context!r}")
     model = ExtremeCodecNet(cfg).to(device)
-    main_params, aux_params = parameter_groups(model)
+    main_params, aux_params = parameter_groups(model, train_only)
     optimizer = torch.optim.Adam(main_params, lr=args.lr)
-    aux_optimizer = torch.optim.Adam(aux_params, lr=1e-3)
+    aux_optimizer = torch.optim.Adam(aux_params or [torch.zeros(0, requires_grad=True)], lr=1e-3)
+    if state.get("train_only", "all") != train_only:
+        args.reset_optimizer = True  # another set of parameters: the saved optimizer state does not apply
+    state["train_only"] = train_only
     if (run / "checkpoint.safetensors").exists():
         sd, _ = load_checkpoint_weights(run / "checkpoint.safetensors")
-        model.load_state_dict(sd, strict=True)
+        if load_run_weights(model, sd):
+            print("train: the checkpoint has no context weights; the context starts fresh")
+            args.reset_optimizer = True
         if (run / "optimizer.pt").exists() and not args.reset_optimizer:
             opt = torch.load(run / "optimizer.pt", map_location=device, weights_only=True)
             optimizer.load_state_dict(opt["main"])
@@ -189,15 +233,16 @@ def train(args: argparse.Namespace) -> dict:
     while state["step"] < end_step:
         x = random_batch(images, args.batch, args.crop, rng)
         q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
-        out = rd_loss(model, x, q)
+        out = (context_rate_loss if train_only == "context" else rd_loss)(model, x, q)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
         optimizer.step()
-        aux_loss = model.aux_loss()
-        aux_optimizer.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        aux_optimizer.step()
+        if aux_params:
+            aux_loss = model.aux_loss()
+            aux_optimizer.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_optimizer.step()
         state["step"] += 1
         for k in ("loss", "bpp", "mse"):
             acc[k] += float(out[k].detach())
