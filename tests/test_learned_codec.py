@@ -217,3 +217,22 @@ def test_bitstreams_of_older_shipped_models_still_decode(photo):
         data = old.encode(photo, 0.05).bitstream
         assert container.unpack(data).model_id == model_id
         assert np.array_equal(decode_bitstream(data, device="cpu"), old.decode(data))
+
+
+def test_scale_search_keeps_the_better_reconstruction(codec, photo):
+    from coldpress.codec.learned import SCALE_SEARCH_MAX_Q16, SCALES_EIGHTHS
+
+    h, w = photo.shape[:2]
+    budget = int(0.05 * w * h / 8) - 40
+    payload, params = codec._encode_rgb(photo, budget)
+    assert len(payload) <= budget
+    fits = [(s, *codec._fit(photo, s, budget)) for s in SCALES_EIGHTHS]
+    fits = [(s, p, q) for s, p, q in fits if p is not None][:2]  # the first two scales that fit
+    plain = get_codec("learned", device="cpu", scale_search=False)
+    assert plain._encode_rgb(photo, budget)[1] == {"q": fits[0][2], "s": fits[0][0]}
+    if fits[0][2] > SCALE_SEARCH_MAX_Q16:
+        assert params == {"q": fits[0][2], "s": fits[0][0]}  # a high knob: no search
+        return
+    quality = {s: psnr(photo, codec._reconstruct(p, {"q": q, "s": s}, w, h)) for s, p, q in fits}
+    assert params["s"] in quality
+    assert quality[params["s"]] >= max(quality.values()) - 0.05, (params, quality)
