@@ -229,6 +229,7 @@ def train(args: argparse.Namespace) -> dict:
     acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
     model.train()
     end_step = state["step"] + args.steps
+    start_step, start_seconds = state["step"], state["seconds"]
     while state["step"] < end_step:
         x = random_batch(images, args.batch, args.crop, rng)
         q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
@@ -266,6 +267,12 @@ def train(args: argparse.Namespace) -> dict:
             break
     state["seconds"] += time.time() - t0
     state["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    if state["step"] > start_step:
+        state.setdefault("history", []).append({
+            "steps": [start_step, state["step"]], "minutes": round((state["seconds"] - start_seconds) / 60, 1),
+            "device": state["device"], "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "lr": args.lr, "batch": args.batch, "crop": args.crop, "train_only": train_only,
+        })
     save_checkpoint(run, model, optimizer, aux_optimizer, state)
     log_file.close()
     print(f"train: checkpoint at step {state['step']} in {run}")
@@ -309,8 +316,12 @@ def export_run(args: argparse.Namespace, state: dict) -> Path:
     calibration = [read_rgb(p) for p in calib_paths]
     eval_note = state.get("eval")
     card = {
-        "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes on {state.get('device', '?')}, "
-                    f"random {state.get('crop', args.crop)}px square crops, batch {state.get('batch', args.batch)}, Adam",
+        "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes in all; " + ("; ".join(
+            f"steps {h['steps'][0]}-{h['steps'][1]}: {h['minutes']} min on {h['device']}"
+            f"{' (%s threads)' % h['threads'] if h.get('threads') else ''}, lr {h['lr']:g}, batch {h['batch']} "
+            f"of {h['crop']}px crops{', context only' if h.get('train_only') == 'context' else ''}"
+            for h in state.get("history", [])) or f"last on {state.get('device', '?')}, random "
+            f"{state.get('crop', args.crop)}px square crops, batch {state.get('batch', args.batch)}") + "; Adam",
         "training folders": ", ".join(state["data"]),
         "licences of the training data": "; ".join(_licences(state["data"])) or "see the folders' own terms",
         "final metrics (estimated rate on the eval folder)": json.dumps(eval_note) if eval_note else "not evaluated",
