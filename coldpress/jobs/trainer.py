@@ -318,8 +318,9 @@ def export_run(args: argparse.Namespace, state: dict) -> Path:
     card = {
         "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes in all; " + ("; ".join(
             f"steps {h['steps'][0]}-{h['steps'][1]}: {h['minutes']} min on {h['device']}"
-            f"{' (%s threads)' % h['threads'] if h.get('threads') else ''}, lr {h['lr']:g}, batch {h['batch']} "
+            f"{' (%s threads)' % h['threads'] if h.get('threads') else ''}, lr {h['lr']}, batch {h['batch']} "
             f"of {h['crop']}px crops{', context only' if h.get('train_only') == 'context' else ''}"
+            f"{' (' + h['note'] + ')' if h.get('note') else ''}"
             for h in state.get("history", [])) or f"last on {state.get('device', '?')}, random "
             f"{state.get('crop', args.crop)}px square crops, batch {state.get('batch', args.batch)}") + "; Adam",
         "training folders": ", ".join(state["data"]),
