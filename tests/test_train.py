@@ -136,3 +136,19 @@ def test_training_only_the_context_needs_a_context(trained_run, tmp_path):
         (run / f.name).write_bytes(f.read_bytes())
     with pytest.raises(SystemExit, match="--context checkerboard"):
         train_main(["--run", str(run), "--steps", "1", "--train-only", "context", *STEPS])
+
+
+def test_a_checkpoint_is_evaluated_without_training(trained_run, image_folder, tmp_path):
+    run = tmp_path / "eval"
+    run.mkdir()
+    for f in trained_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    before = (run / "checkpoint.safetensors").read_bytes()
+    assert train_main(["--run", str(run), "--steps", "0", "--eval", str(image_folder), "--threads", "1"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 2 and state["eval"]["step"] == 2
+    points = json.loads((run / "eval.json").read_text())["points"]
+    assert [p["q"] for p in points] == [i * 0.5 for i in range(11)]
+    assert all(p["bpp"] > 0 and 0 < p["psnr"] < 100 for p in points)
+    assert points[-1]["bpp"] > points[0]["bpp"]
+    assert (run / "checkpoint.safetensors").read_bytes() == before

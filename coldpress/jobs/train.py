@@ -38,7 +38,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--eval", help="folder of images to evaluate (estimated bpp, PSNR) after training")
+    p.add_argument("--eval", help="folder of images to evaluate (estimated bpp, PSNR) after training "
+                   "(with --steps 0: evaluate the run's checkpoint as it is)")
     p.add_argument("--model-id", help="export the checkpoint as shippable weights under this model id")
     p.add_argument("--export-to", help="folder for the exported weights (default: the package's weights folder)")
     p.add_argument("--register", action="store_true", help="make the exported model the default in MODELS.json")
@@ -60,10 +61,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coldpress.jobs.trainer import export_run, train
+    from coldpress.jobs.trainer import evaluate_checkpoint, export_run, train
 
-    state = train(args) if args.steps > 0 or not (Path(args.run) / "state.json").exists() else json.loads(
-        (Path(args.run) / "state.json").read_text())
+    if args.steps > 0 or not (Path(args.run) / "state.json").exists():
+        state = train(args)
+    elif args.eval:
+        state = evaluate_checkpoint(args)  # --steps 0 --eval FOLDER: evaluate without training
+    else:
+        state = json.loads((Path(args.run) / "state.json").read_text())
     if args.model_id:
         export_run(args, state)
     return 0

@@ -277,13 +277,32 @@ def train(args: argparse.Namespace) -> dict:
     log_file.close()
     print(f"train: checkpoint at step {state['step']} in {run}")
     if args.eval:
-        qs = [i * 0.5 for i in range(2 * (cfg.rate_points - 1) + 1)]
-        res = evaluate(model, list_images([args.eval]), qs, device)
-        state["eval"] = {"folder": args.eval, "step": state["step"], "points": res}
-        (run / "eval.json").write_text(json.dumps(state["eval"], indent=1))
-        for r in res:
-            print(f"eval: q={r['q']:.1f} bpp={r['bpp']:.4f} psnr={r['psnr']:.2f}")
+        evaluate_run(run, model, state, args.eval, device)
     return state
+
+
+def evaluate_run(run: Path, model: ExtremeCodecNet, state: dict, folder: str, device: torch.device) -> dict:
+    """Evaluate the run's model on ``folder`` at half-steps of the rate knob; saved in state.json and eval.json."""
+    qs = [i * 0.5 for i in range(2 * (model.cfg.rate_points - 1) + 1)]
+    res = evaluate(model, list_images([folder]), qs, device)
+    state["eval"] = {"folder": folder, "step": state["step"], "points": res}
+    (run / "eval.json").write_text(json.dumps(state["eval"], indent=1))
+    (run / "state.json").write_text(json.dumps(state, indent=1))
+    for r in res:
+        print(f"eval: q={r['q']:.1f} bpp={r['bpp']:.4f} psnr={r['psnr']:.2f}")
+    return state
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    """``--steps 0 --eval FOLDER``: evaluate the run's checkpoint without training."""
+    run = Path(args.run)
+    state = json.loads((run / "state.json").read_text())
+    sd, _ = load_checkpoint_weights(run / "checkpoint.safetensors")
+    model = ExtremeCodecNet(NetConfig.from_dict(state["config"]))
+    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}, strict=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return evaluate_run(run, model, state, args.eval, torch.device("cpu"))
 
 
 def _licences(folders: list[str]) -> list[str]:
