@@ -284,7 +284,10 @@ def train(args: argparse.Namespace) -> dict:
 def evaluate_run(run: Path, model: ExtremeCodecNet, state: dict, folder: str, device: torch.device) -> dict:
     """Evaluate the run's model on ``folder`` at half-steps of the rate knob; saved in state.json and eval.json."""
     qs = [i * 0.5 for i in range(2 * (model.cfg.rate_points - 1) + 1)]
-    res = evaluate(model, list_images([folder]), qs, device)
+    paths = list_images([folder])
+    if not paths:
+        raise SystemExit(f"train: no images to evaluate under {folder}; pass --eval FOLDER with images in it")
+    res = evaluate(model, paths, qs, device)
     state["eval"] = {"folder": folder, "step": state["step"], "points": res}
     (run / "eval.json").write_text(json.dumps(state["eval"], indent=1))
     (run / "state.json").write_text(json.dumps(state, indent=1))
