@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,12 @@ def trained_run(tmp_path_factory, image_folder) -> Path:
     return run
 
 
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run folder, so that a test can train on without touching the shared one."""
+    shutil.copytree(src, dst)
+    return dst
+
+
 def test_training_writes_checkpoint_state_and_log(trained_run, image_folder):
     state = json.loads((trained_run / "state.json").read_text())
     assert state["step"] == 2
@@ -49,10 +56,7 @@ def test_training_writes_checkpoint_state_and_log(trained_run, image_folder):
 
 
 def test_training_resumes_where_it_stopped(trained_run, tmp_path):
-    run = tmp_path / "resumed"
-    run.mkdir()
-    for f in trained_run.iterdir():
-        (run / f.name).write_bytes(f.read_bytes())
+    run = copy_run(trained_run, tmp_path / "resumed")
     before = load_file(str(run / "checkpoint.safetensors"))
     assert train_main(["--run", str(run), "--steps", "1", *STEPS]) == 0  # data folders come from the run
     state = json.loads((run / "state.json").read_text())
@@ -101,10 +105,7 @@ def test_loading_is_strict_about_keys(trained_run, tmp_path):
 
 
 def test_a_checkerboard_context_is_added_to_a_run_and_trained_alone(trained_run, tmp_path):
-    run = tmp_path / "ctx"
-    run.mkdir()
-    for f in trained_run.iterdir():
-        (run / f.name).write_bytes(f.read_bytes())
+    run = copy_run(trained_run, tmp_path / "ctx")
     before = load_file(str(run / "checkpoint.safetensors"))
     assert train_main(["--run", str(run), "--steps", "2", "--lr", "1e-2", "--context", "checkerboard",
                        "--train-only", "context", *STEPS]) == 0
@@ -130,19 +131,13 @@ def test_a_checkerboard_context_is_added_to_a_run_and_trained_alone(trained_run,
 
 
 def test_training_only_the_context_needs_a_context(trained_run, tmp_path):
-    run = tmp_path / "noctx"
-    run.mkdir()
-    for f in trained_run.iterdir():
-        (run / f.name).write_bytes(f.read_bytes())
+    run = copy_run(trained_run, tmp_path / "noctx")
     with pytest.raises(SystemExit, match="--context checkerboard"):
         train_main(["--run", str(run), "--steps", "1", "--train-only", "context", *STEPS])
 
 
 def test_a_checkpoint_is_evaluated_without_training(trained_run, image_folder, tmp_path):
-    run = tmp_path / "eval"
-    run.mkdir()
-    for f in trained_run.iterdir():
-        (run / f.name).write_bytes(f.read_bytes())
+    run = copy_run(trained_run, tmp_path / "eval")
     before = (run / "checkpoint.safetensors").read_bytes()
     assert train_main(["--run", str(run), "--steps", "0", "--eval", str(image_folder), "--threads", "1"]) == 0
     state = json.loads((run / "state.json").read_text())
