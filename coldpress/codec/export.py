@@ -2,25 +2,23 @@
 
 Steps: build the CDF tables of the entropy models (once, here, so every device uses the same
 tables), quantize the hyper-synthesis (and the checkerboard context, when the model has one) into
-fixed point with activation ranges calibrated on real images, store float networks in float16 (halves the size; decoding computes in float64 and
-encoding in float32 anyway), and write the file with the architecture config in its metadata.
+fixed point with activation ranges calibrated on real images, store float networks in float16
+(halves the size; decoding computes in float64 and encoding in float32 anyway), and write the file
+with the architecture config in its metadata.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import copy
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from coldpress.codec.fixedpoint import FixedPointStack
-from coldpress.codec.models import CONTEXT_PREFIX, FIXED_PREFIX, PARAMS_PREFIX
+from coldpress.codec.models import CONTEXT_PREFIX, FIXED_PREFIX, PARAMS_PREFIX, file_sha256, load_weights
 from coldpress.codec.networks import ExtremeCodecNet, NetConfig, anchor_mask, count_parameters, scale_table
 
 # Tensors kept in float32: the entropy models (their quantiles and tables define the bitstream).
@@ -28,11 +26,8 @@ _KEEP_FP32 = ("entropy_bottleneck.", "gaussian_conditional.", "gains.")
 
 
 def load_checkpoint(path: str | Path) -> tuple[ExtremeCodecNet, dict]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+    """The float model of a training checkpoint (strict keys) and the file's metadata."""
+    sd, meta, _ = load_weights(Path(path))
     cfg = NetConfig.from_dict(json.loads(meta["config"]))
     net = ExtremeCodecNet(cfg)
     net.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}, strict=True)
@@ -63,13 +58,12 @@ def fixed_point_stacks(net: ExtremeCodecNet, latents: list[tuple[torch.Tensor, t
     stacks = {FIXED_PREFIX: hs}
     if net.cfg.context == "checkerboard":
         ctx_inputs, param_inputs = [], []
+        context64 = copy.deepcopy(net.context.context).double()
         for y, z_hat in latents:
             means, scales = hs(z_hat).chunk(2, dim=1)
             anchors_hat = (torch.round(y.double() - means) + means) * anchor_mask(*y.shape[-2:])
             ctx_inputs.append(anchors_hat)
-            ctx = net.context.context.double()(anchors_hat)
-            param_inputs.append(torch.cat([means, scales, ctx], dim=1))
-        net.context.float()
+            param_inputs.append(torch.cat([means, scales, context64(anchors_hat)], dim=1))
         stacks[CONTEXT_PREFIX] = FixedPointStack.from_float(net.context.context, ctx_inputs, input_frac_bits=None)
         stacks[PARAMS_PREFIX] = FixedPointStack.from_float(net.context.params, param_inputs, input_frac_bits=None)
     return stacks
@@ -99,7 +93,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
     path = out_dir / f"{model_id}.safetensors"
     save_file(tensors, str(path), metadata={"config": meta["config"], "model_id": model_id,
                                              "format": "coldpress-learned/1"})
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     params = {
         "encoder (g_a)": count_parameters(net.g_a),
         "hyper-analysis (h_a)": count_parameters(net.h_a),

@@ -151,6 +151,7 @@ class LearnedCodec(Codec):
         s = self.net.cfg.latent_stride
         return _tiled(self.net.g_a, x, 1 / s, self.tile, HALO, s)
 
+    @torch.no_grad()
     def _hyper(self, y: torch.Tensor, q16: int):
         """The gain-scaled latent (float64, on CPU) and its hyper-latent z, at rate knob q16."""
         net = self.net
@@ -159,6 +160,18 @@ class LearnedCodec(Codec):
         z = net.h_a(y)
         return y.double().cpu(), z
 
+    def _latent_parameters(self, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and scales of every latent position, exactly as the decoder will derive them: the
+        hyperprior's, refined on the non-anchors from the anchors rounded around the hyper means when
+        the model has a checkerboard context."""
+        loaded = self.loaded
+        means, scales = loaded.hyper_parameters(z_hat)
+        if loaded.has_context:
+            anchor = anchor_mask(*y.shape[-2:])
+            c_means, c_scales = loaded.context_parameters(torch.round(y - means) + means, means, scales)
+            means, scales = torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
+        return means, scales
+
     @torch.no_grad()
     def _code_latent(self, y: torch.Tensor, q16: int) -> bytes:
         net, loaded = self.net, self.loaded
@@ -166,21 +179,17 @@ class LearnedCodec(Codec):
         with self._lock:
             z_strings = net.entropy_bottleneck.compress(z)
             z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        means, scales = loaded.hyper_parameters(z_hat)
+        means, scales = self._latent_parameters(y, z_hat)
+        indexes = loaded.scale_indexes(scales)
         gc = net.gaussian_conditional
+        head = _varint(len(z_strings[0])) + z_strings[0]
         if not loaded.has_context:
             with self._lock:
-                y_strings = gc.compress(y, loaded.scale_indexes(scales), means=means)
-            return _varint(len(z_strings[0])) + z_strings[0] + y_strings[0]
+                return head + gc.compress(y, indexes, means=means)[0]
         anchor = anchor_mask(*y.shape[-2:])
-        anchors_hat = torch.round(y - means) + means  # what the decoder will see on the anchors
-        c_means, c_scales = loaded.context_parameters(anchors_hat, means, scales)
-        other = ~anchor
         with self._lock:
-            a_strings = gc.compress(y[..., anchor], loaded.scale_indexes(scales[..., anchor]), means=means[..., anchor])
-            o_strings = gc.compress(y[..., other], loaded.scale_indexes(c_scales[..., other]), means=c_means[..., other])
-        return (_varint(len(z_strings[0])) + z_strings[0] + _varint(len(a_strings[0])) + a_strings[0]
-                + o_strings[0])
+            anchors, others = (gc.compress(y[..., m], indexes[..., m], means=means[..., m])[0] for m in (anchor, ~anchor))
+        return head + _varint(len(anchors)) + anchors + others
 
     @torch.no_grad()
     def estimate_bits(self, rgb: np.ndarray, q16: int, eighths: int = 8) -> float:
@@ -188,13 +197,8 @@ class LearnedCodec(Codec):
         net, loaded = self.net, self.loaded
         y, z = self._hyper(self.analysis(rgb, eighths), q16)
         z_hat, z_lik = net.entropy_bottleneck(z, training=False)
-        means, scales = loaded.hyper_parameters(z_hat)
-        if loaded.has_context:
-            anchor = anchor_mask(*y.shape[-2:])
-            c_means, c_scales = loaded.context_parameters(torch.round(y - means) + means, means, scales)
-            means, scales = torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
-        table = net.gaussian_conditional.scale_table.double()
-        scales = table[loaded.scale_indexes(scales).long()]
+        means, scales = self._latent_parameters(y, z_hat)
+        scales = net.gaussian_conditional.scale_table.double()[loaded.scale_indexes(scales).long()]
         y_hat = torch.round(y - means) + means
         y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means=means).clamp_min(1e-9)
         return float(-torch.log2(z_lik.double()).sum() - torch.log2(y_lik).sum())

@@ -78,12 +78,6 @@ class LoadedModel:
         return torch.searchsorted(table[:-1].contiguous(), scales.contiguous(), right=False).to(torch.int32)
 
     @torch.no_grad()
-    def entropy_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(means float64, scale-table indexes int32) from the hyperprior, on CPU, bit-identical everywhere."""
-        means, scales = self.hyper_parameters(z_hat)
-        return means, self.scale_indexes(scales)
-
-    @torch.no_grad()
     def context_parameters(self, anchors_hat: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
         """(means, scales) of the non-anchor latents given the decoded anchors (float64, on CPU).
 

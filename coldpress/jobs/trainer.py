@@ -124,18 +124,14 @@ def save_checkpoint(run: Path, model, optimizer, aux_optimizer, state: dict) -> 
     tmp = run / ".optimizer.pt.tmp"
     torch.save({"main": optimizer.state_dict(), "aux": aux_optimizer.state_dict()}, tmp)
     os.replace(tmp, run / "optimizer.pt")
+    save_state(run, state)
+
+
+def save_state(run: Path, state: dict) -> None:
+    """Write the run's state.json atomically (a reader never sees half a file)."""
     tmp = run / ".state.json.tmp"
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, run / "state.json")
-
-
-def load_checkpoint_weights(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys()}
-    return sd, meta
 
 
 def parameter_groups(model: ExtremeCodecNet, train_only: str = "all"):
@@ -192,7 +188,9 @@ def train(args: argparse.Namespace) -> dict:
         args.reset_optimizer = True  # another set of parameters: the saved optimizer state does not apply
     state["train_only"] = train_only
     if (run / "checkpoint.safetensors").exists():
-        sd, _ = load_checkpoint_weights(run / "checkpoint.safetensors")
+        from coldpress.codec.models import load_weights
+
+        sd, _, _ = load_weights(run / "checkpoint.safetensors")
         if load_run_weights(model, sd):
             print("train: the checkpoint has no context weights; the context starts fresh")
             args.reset_optimizer = True
@@ -290,7 +288,7 @@ def evaluate_run(run: Path, model: ExtremeCodecNet, state: dict, folder: str, de
     res = evaluate(model, paths, qs, device)
     state["eval"] = {"folder": folder, "step": state["step"], "points": res}
     (run / "eval.json").write_text(json.dumps(state["eval"], indent=1))
-    (run / "state.json").write_text(json.dumps(state, indent=1))
+    save_state(run, state)
     for r in res:
         print(f"eval: q={r['q']:.1f} bpp={r['bpp']:.4f} psnr={r['psnr']:.2f}")
     return state
@@ -298,14 +296,22 @@ def evaluate_run(run: Path, model: ExtremeCodecNet, state: dict, folder: str, de
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     """``--steps 0 --eval FOLDER``: evaluate the run's checkpoint without training."""
+    from coldpress.codec.export import load_checkpoint
+
     run = Path(args.run)
-    state = json.loads((run / "state.json").read_text())
-    sd, _ = load_checkpoint_weights(run / "checkpoint.safetensors")
-    model = ExtremeCodecNet(NetConfig.from_dict(state["config"]))
-    model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}, strict=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return evaluate_run(run, model, state, args.eval, torch.device("cpu"))
+    model, _ = load_checkpoint(run / "checkpoint.safetensors")
+    return evaluate_run(run, model, json.loads((run / "state.json").read_text()), args.eval, torch.device("cpu"))
+
+
+def _segment_note(h: dict) -> str:
+    """One training segment of a run's history, for the model card."""
+    threads = f" ({h['threads']} threads)" if h.get("threads") else ""
+    what = ", context only" if h.get("train_only") == "context" else ""
+    note = f" ({h['note']})" if h.get("note") else ""
+    return (f"steps {h['steps'][0]}-{h['steps'][1]}: {h['minutes']} min on {h['device']}{threads}, lr {h['lr']}, "
+            f"batch {h['batch']} of {h['crop']}px crops{what}{note}")
 
 
 def _licences(folders: list[str]) -> list[str]:
@@ -338,13 +344,10 @@ def export_run(args: argparse.Namespace, state: dict) -> Path:
     calibration = [read_rgb(p) for p in calib_paths]
     eval_note = state.get("eval")
     card = {
-        "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes in all; " + ("; ".join(
-            f"steps {h['steps'][0]}-{h['steps'][1]}: {h['minutes']} min on {h['device']}"
-            f"{' (%s threads)' % h['threads'] if h.get('threads') else ''}, lr {h['lr']}, batch {h['batch']} "
-            f"of {h['crop']}px crops{', context only' if h.get('train_only') == 'context' else ''}"
-            f"{' (' + h['note'] + ')' if h.get('note') else ''}"
-            for h in state.get("history", [])) or f"last on {state.get('device', '?')}, random "
-            f"{state.get('crop', args.crop)}px square crops, batch {state.get('batch', args.batch)}") + "; Adam",
+        "training": f"{state['step']} steps, {state['seconds'] / 60:.1f} minutes in all; " + (
+            "; ".join(_segment_note(h) for h in state.get("history", []))
+            or f"last on {state.get('device', '?')}, random {state.get('crop', args.crop)}px square crops, "
+               f"batch {state.get('batch', args.batch)}") + "; Adam",
         "training folders": ", ".join(state["data"]),
         "licences of the training data": "; ".join(_licences(state["data"])) or "see the folders' own terms",
         "final metrics (estimated rate on the eval folder)": json.dumps(eval_note) if eval_note else "not evaluated",
