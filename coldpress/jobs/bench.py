@@ -120,7 +120,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     speed.add_argument("--bpp", type=float, default=0.05, help="target of the timed encode calls (default: 0.05)")
     speed.add_argument("--image", default=None, metavar="PATH",
                        help="image to time on, resized to the frame size (default: the sample "
-                       "coldpress/samples/landscape.jpg)")
+                       "coldpress/samples/photos/coffee.jpg)")
     speed.add_argument("--out", default="results/speed", metavar="DIR", help="output folder (default: results/speed)")
     _learned_options(speed)
     speed.set_defaults(_bench=run_speed)
@@ -790,13 +790,13 @@ def _device_name(device) -> str:
 
 
 def _speed_image(path: str | None, width: int, height: int):
-    """An RGB frame of width x height: --image (or the bundled landscape sample), resized (Lanczos)."""
+    """An RGB frame of width x height: --image (or the bundled coffee photo), resized (Lanczos)."""
     import numpy as np
     from PIL import Image
 
     from coldpress import samples_path
 
-    source = Path(path) if path else samples_path() / "landscape.jpg"
+    source = Path(path) if path else samples_path() / "coffee.jpg"
     with Image.open(source) as im:
         return np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)), str(source)
 
