@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from coldpress.codec.fixedpoint import FixedPointStack
-from coldpress.codec.models import CONTEXT_PREFIX, FIXED_PREFIX, PARAMS_PREFIX, file_sha256, load_weights
+from coldpress.codec.models import (
+    CONTEXT_PREFIX,
+    FIXED_PREFIX,
+    PARAMS_PREFIX,
+    TILING_KEY,
+    decode_tiling_for,
+    file_sha256,
+    load_weights,
+)
 from coldpress.codec.networks import ExtremeCodecNet, NetConfig, anchor_mask, count_parameters, scale_table
 
 # Tensors kept in float32: the entropy models (their quantiles and tables define the bitstream).
@@ -91,8 +99,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{model_id}.safetensors"
+    tiling = decode_tiling_for(net.g_s, net.cfg)
     save_file(tensors, str(path), metadata={"config": meta["config"], "model_id": model_id,
-                                             "format": "coldpress-learned/1"})
+                                             "format": "coldpress-learned/1",
+                                             TILING_KEY: json.dumps(tiling.to_record())})
     digest = file_sha256(path)
     params = {
         "encoder (g_a)": count_parameters(net.g_a),
@@ -111,6 +121,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
            " decoded anchors (a fixed-point spatial context)." if net.cfg.context == "checkerboard" else ""), "",
         f"- weights: `{path.name}`, sha256 `{digest}`, {path.stat().st_size / 1e6:.1f} MB (float16 networks)",
         f"- architecture: `{meta['config']}`",
+        f"- decode tiling: {tiling.tile} px tiles with a {tiling.halo} px halo (covers the decoder's receptive "
+        "field: decodes equal untiled ones)",
         "- parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in params.items()),
     ]
     for k, v in card.items():

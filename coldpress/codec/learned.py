@@ -17,9 +17,11 @@ whose real bitstream fits the byte budget; sizes are always measured on real bit
 when its reconstruction is clearly better (ASSR-EIC's point: at the lowest rates a downscaled image coded with more bits
 per pixel often wins); this costs about two more fits and two preview decodes per image.
 
-Decoding runs the synthesis in float64 (tiled with a halo for large images): pixel values then do not
-depend on summation order, thread count or device in practice; the fixed-point hyper path makes the
-entropy decoding itself exact.
+Decoding runs the synthesis in float64, tiled on large images as the model's recorded
+``DecodeTiling`` says (never the ``tile`` option, which is the encoder's: pixels near tile seams depend
+on the tiling when its halo is narrower than the receptive field, as for the v1 and v2 models, so the
+tiling is part of the model); pixel values then do not depend on summation order, thread count or
+device in practice; the fixed-point hyper path makes the entropy decoding itself exact.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from coldpress.errors import BitstreamError, RateUnreachableError
 #: Candidate downscaling factors, in eighths (8 = full size).
 SCALES_EIGHTHS = (8, 6, 4, 3, 2)
 Q_STEPS = 16  # the rate knob is stored in 1/16ths
-TILE = 1024  # pixels; images larger than this on a side are processed tile by tile
-HALO = 64  # pixels of context on each side of a tile
+TILE = 1024  # pixels; the encoder's analysis runs tile by tile on images larger than this on a side
+HALO = 64  # pixels of context on each side of an analysis tile (the shallow encoder sees 16 px)
 #: With scale search, a smaller scale replaces the larger one only when it is better by this much (PSNR).
 SCALE_SEARCH_MARGIN_DB = 0.02
 #: ... and it is tried only when the larger scale's knob is this low (in 1/16ths): higher knobs never
@@ -112,6 +114,8 @@ class LearnedCodec(Codec):
 
     def __init__(self, model: str | None = None, device: str | None = None, tile: int = TILE,
                  scale_search: bool = True):
+        """``model``: a shipped model id or a weights file; ``tile``: the encoder's analysis tile
+        (pixels; decoding always uses the model's recorded tiling); ``scale_search``: see the module."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.loaded: LoadedModel = load_model(model, self.device)
         self.model_id = self.loaded.model_id
@@ -310,7 +314,8 @@ class LearnedCodec(Codec):
         dtype, synthesis = (torch.float32, net.g_s) if preview else (torch.float64, self.loaded.synthesis64)
         y_hat = y_hat.to(self.device, dtype) * inv_gain.to(dtype)
         s = net.cfg.latent_stride
-        x_hat = _tiled(synthesis, y_hat, s, self.tile // s, HALO // s, 1)
+        tiling = self.loaded.decode_tiling
+        x_hat = _tiled(synthesis, y_hat, s, tiling.tile // s, tiling.halo // s, 1)
         x_hat = x_hat[0, :, :sh, :sw].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         if (sw, sh) != (width, height):
             x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))

@@ -14,6 +14,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ import torch
 import torch.nn as nn
 
 from coldpress.codec.fixedpoint import FixedPointStack
-from coldpress.codec.networks import ExtremeCodecNet, NetConfig, anchor_mask, scale_table
+from coldpress.codec.networks import (
+    ExtremeCodecNet,
+    NetConfig,
+    anchor_mask,
+    scale_table,
+    synthesis_receptive_radius,
+)
 from coldpress.errors import ColdpressError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -32,6 +39,10 @@ CONTEXT_PREFIX = "ctx_fixed."  # the context convolution of a checkerboard model
 PARAMS_PREFIX = "ep_fixed."  # its parameter network
 _FIXED_PREFIXES = (FIXED_PREFIX, CONTEXT_PREFIX, PARAMS_PREFIX)
 _CACHE: dict[tuple[str, str], "LoadedModel"] = {}
+#: Metadata key (weights file) and registry key holding a model's decode tiling.
+TILING_KEY = "decode_tiling"
+#: Decoder tile size for new exports, in pixels.
+DEFAULT_DECODE_TILE = 1024
 _LOCK = threading.Lock()
 
 
@@ -49,6 +60,48 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class DecodeTiling:
+    """How the synthesis of a model is run on images larger than ``tile`` pixels a side: tiles of
+    ``tile`` pixels, each computed with ``halo`` pixels of context on every side.
+
+    Part of a model's definition, like its weights: when ``halo`` is narrower than the synthesis'
+    receptive field (the shipped v1 and v2 models: 64 px against about 107), pixels near tile seams
+    depend on it, so it is recorded with the model (registry entry or weights metadata) and never
+    taken from a tuning option. New exports get a halo that covers the receptive field, so their
+    decode is the same as an untiled one.
+    """
+
+    tile: int
+    halo: int
+
+    @classmethod
+    def from_record(cls, record: object) -> "DecodeTiling":
+        if isinstance(record, str):
+            record = json.loads(record)
+        if not isinstance(record, dict):
+            raise ColdpressError(f"decode tiling {record!r} is not a {{'tile': N, 'halo': N}} record; re-export the model")
+        tile, halo = record.get("tile"), record.get("halo")
+        if not (isinstance(tile, int) and isinstance(halo, int) and tile > 0 and halo >= 0):
+            raise ColdpressError(f"decode tiling {record!r} is invalid (tile > 0 and halo >= 0 pixels); re-export the model")
+        return cls(tile, halo)
+
+    def to_record(self) -> dict:
+        return {"tile": self.tile, "halo": self.halo}
+
+
+#: The tiling every model exported before tilings were recorded was decoded with (v1, v2).
+LEGACY_DECODE_TILING = DecodeTiling(1024, 64)
+
+
+def decode_tiling_for(synthesis: nn.Module, cfg: NetConfig, tile: int = DEFAULT_DECODE_TILE) -> DecodeTiling:
+    """The tiling of a new export: ``tile`` pixels with a halo covering the synthesis' receptive field,
+    rounded up to whole latent positions (tiles are cut on the latent grid)."""
+    radius = synthesis_receptive_radius(synthesis, cfg.latent_channels)
+    s = cfg.latent_stride
+    return DecodeTiling(tile, s * math.ceil(radius / s))
+
+
 @dataclass
 class LoadedModel:
     model_id: str
@@ -60,6 +113,7 @@ class LoadedModel:
     metadata: dict
     ctx_fixed: FixedPointStack | None = None  # checkerboard context (None: hyperprior only)
     ep_fixed: FixedPointStack | None = None
+    decode_tiling: DecodeTiling = LEGACY_DECODE_TILING
 
     @property
     def has_context(self) -> bool:
@@ -96,8 +150,8 @@ class LoadedModel:
                 "context": self.net.cfg.context}
 
 
-def _resolve(model: str | None) -> tuple[str, Path, str | None]:
-    """(model id, weights path, expected sha256 or None) for a registry id or a file path."""
+def _resolve(model: str | None) -> tuple[str, Path, str | None, dict]:
+    """(model id, weights path, expected sha256 or None, registry entry) for a registry id or a file path."""
     reg = registry()
     if model is None:
         model = reg.get("default")
@@ -108,10 +162,10 @@ def _resolve(model: str | None) -> tuple[str, Path, str | None]:
             )
     if model in reg["models"]:
         entry = reg["models"][model]
-        return model, WEIGHTS_DIR / entry["file"], entry["sha256"]
+        return model, WEIGHTS_DIR / entry["file"], entry["sha256"], entry
     path = Path(model)
     if path.suffix == ".safetensors" and path.exists():
-        return "", path, None
+        return "", path, None, {}
     raise ColdpressError(
         f"unknown learned model {model!r}; shipped models: {', '.join(reg['models']) or 'none'}; "
         "or pass the path of an exported .safetensors file"
@@ -172,9 +226,16 @@ def build(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device):
     return net.to(device), fixed, synthesis64.to(device)
 
 
+def _recorded_tiling(entry: dict, meta: dict) -> DecodeTiling:
+    """The decode tiling a model was published with: its registry entry's, else its weights', else the
+    legacy one (what every model exported before tilings were recorded used)."""
+    record = entry.get(TILING_KEY) or meta.get(TILING_KEY)
+    return DecodeTiling.from_record(record) if record else LEGACY_DECODE_TILING
+
+
 def load_model(model: str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
     """Load (once per process and device) a shipped model by id, the default, or a weights file."""
-    model_id, path, expected = _resolve(model)
+    model_id, path, expected, entry = _resolve(model)
     device = torch.device(device)
     key = (str(path.resolve()), str(device))
     with _LOCK:
@@ -186,6 +247,7 @@ def load_model(model: str | None = None, device: torch.device | str = "cpu") -> 
             model_id=model_id or meta.get("model_id", path.stem), sha256=digest, path=path, net=net,
             hs_fixed=fixed[FIXED_PREFIX], synthesis64=synthesis64, metadata=meta,
             ctx_fixed=fixed.get(CONTEXT_PREFIX), ep_fixed=fixed.get(PARAMS_PREFIX),
+            decode_tiling=_recorded_tiling(entry, meta),
         )
         _CACHE[key] = loaded
         return loaded
@@ -194,7 +256,7 @@ def load_model(model: str | None = None, device: torch.device | str = "cpu") -> 
 @functools.lru_cache(maxsize=1)
 def default_model_available() -> bool:
     try:
-        _, path, _ = _resolve(None)
+        _, path, _, _ = _resolve(None)
     except ColdpressError:
         return False
     return path.exists()

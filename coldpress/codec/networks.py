@@ -94,6 +94,33 @@ class ShallowEncoder(nn.Module):
         return self.net(x)
 
 
+def synthesis_receptive_radius(synthesis: nn.Module, channels: int, probe: int = 24) -> float:
+    """Receptive-field radius of a synthesis transform, in output pixels, measured with gradients.
+
+    The gradient of one central output pixel with respect to a ``probe`` x ``probe`` latent (float64
+    copy of the network) is non-zero exactly on the latents that pixel depends on; the radius is the
+    farthest of them, in output pixels (latent positions times the upsampling factor), counted from
+    the output pixel. Random inputs make every leaky ReLU pass a gradient.
+    """
+    import copy
+
+    net = copy.deepcopy(synthesis).double().eval()
+    x = torch.randn(1, channels, probe, probe, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    out = net(x)
+    factor = out.shape[-1] // probe
+    cy = cx = out.shape[-1] // 2
+    out[0, :, cy, cx].sum().backward()
+    used = x.grad[0].abs().sum(0) > 0
+    ys, xs = torch.nonzero(used, as_tuple=True)
+    if ys.numel() == 0 or bool(used[0].any() or used[-1].any() or used[:, 0].any() or used[:, -1].any()):
+        raise ValueError(f"the receptive field reaches the probe's border: measure with probe > {probe}")
+    # A latent at index i covers output pixels [i*factor, (i+1)*factor): its far edge from the pixel.
+    dy = torch.maximum((cy - ys * factor).abs(), ((ys + 1) * factor - 1 - cy).abs())
+    dx = torch.maximum((cx - xs * factor).abs(), ((xs + 1) * factor - 1 - cx).abs())
+    return float(torch.maximum(dy, dx).max())
+
+
 class ResBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()

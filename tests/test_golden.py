@@ -1,0 +1,43 @@
+"""Golden bitstreams: every shipped learned model's committed bitstreams decode to the committed pixels.
+
+The files in tests/golden were made by tools/make_golden.py with the release that shipped each model.
+An upgrade of compressai (its rANS coder and CDF tables are part of the format), torch, or a change of
+the decoder, its tiling or the fixed-point entropy path that alters a shipped model's output fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from coldpress.codec import container
+from coldpress.codec.models import registry
+from coldpress.codec.registry import decode_bitstream
+from coldpress.transforms.records import pixels_sha256
+
+GOLDEN = Path(__file__).parent / "golden"
+INDEX = json.loads((GOLDEN / "golden.json").read_text())["files"]
+
+
+def test_every_shipped_model_has_golden_bitstreams():
+    shipped = set(registry()["models"])
+    pinned = {entry["model_id"] for entry in INDEX.values()}
+    assert shipped <= pinned, (
+        f"shipped models without golden bitstreams: {sorted(shipped - pinned)}; run python tools/make_golden.py")
+    assert any(entry["width"] > 1024 for entry in INDEX.values()), "no golden image exercises the decode tiling"
+
+
+@pytest.mark.parametrize("name", sorted(INDEX))
+def test_golden_bitstream_decodes_to_its_recorded_pixels(name):
+    entry = INDEX[name]
+    data = (GOLDEN / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["bitstream_sha256"], f"{name} itself changed"
+    assert container.unpack(data).model_id == entry["model_id"]
+    pixels = decode_bitstream(data, device="cpu")
+    assert list(pixels.shape) == entry["shape"]
+    assert pixels_sha256(pixels) == entry["pixels_sha256"], (
+        f"{name} ({entry['model_id']}) no longer decodes to the pixels recorded when it was made with "
+        f"{entry['made_with']}: a dependency or the decoder changed what archived bitstreams decode to")

@@ -1,0 +1,79 @@
+"""Write the golden bitstreams of every shipped learned model (tests/golden/), once per model.
+
+Each golden file is a bitstream made by the current release with the pixel sha256 of its decode
+(float64 synthesis on CPU) recorded in ``tests/golden/golden.json``; ``tests/test_golden.py`` decodes
+them on every CI run, so any change that alters what a shipped bitstream decodes to (a new compressai,
+a change of tiling, of the fixed-point hyper path or of the synthesis) fails CI. Images are made here
+from a fixed seed (no data is copied into the repository). One image is wider than the decode tile
+(1024 px), so the model's recorded tiling is pinned too.
+
+    python tools/make_golden.py            # adds the models that have no golden files yet
+    python tools/make_golden.py --model ID # (re)writes one model's files: only for a new model
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden"
+#: (name, width, height, mode, bpp)
+IMAGES = (("photo", 320, 224, "RGB", 0.05), ("wide", 1536, 96, "RGB", 0.03), ("gray", 208, 144, "L", 0.1))
+
+
+def golden_image(width: int, height: int, mode: str, seed: int) -> np.ndarray:
+    """A deterministic photo-like image: smooth gradients, edges and fine texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    out = np.zeros((height, width, 3))
+    for c in range(3):
+        acc = 96 + 40 * np.sin(xx / (17 + 5 * c) + c) * np.cos(yy / (23 - 3 * c))
+        for _ in range(6):
+            cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 60)
+            acc += rng.uniform(-60, 60) * (((xx - cx) ** 2 + (yy - cy) ** 2) < r * r)
+        acc += 12 * np.sin(xx * 0.9 + yy * 0.4 + c) + rng.normal(0, 6, (height, width))
+        out[:, :, c] = acc
+    pixels = np.clip(out, 0, 255).round().astype(np.uint8)
+    return pixels[:, :, 0].copy() if mode == "L" else pixels
+
+
+def main() -> None:
+    from coldpress.codec.learned import LearnedCodec
+    from coldpress.codec.models import registry
+    from coldpress.transforms.records import pixels_sha256
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", action="append", help="model id (default: every shipped model without golden files)")
+    args = p.parse_args()
+    index_path = GOLDEN / "golden.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"files": {}}
+    have = {entry["model_id"] for entry in index["files"].values()}
+    models = args.model or [m for m in registry()["models"] if m not in have]
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    for model_id in models:
+        codec = LearnedCodec(model=model_id, device="cpu")
+        for i, (name, w, h, mode, bpp) in enumerate(IMAGES):
+            data = codec.encode(golden_image(w, h, mode, seed=i), bpp).bitstream
+            pixels = codec.decode(data)
+            fname = f"{model_id}-{name}.cprs"
+            (GOLDEN / fname).write_bytes(data)
+            index["files"][fname] = {
+                "model_id": model_id, "width": w, "height": h, "mode": mode, "bpp": bpp,
+                "bitstream_sha256": hashlib.sha256(data).hexdigest(), "pixels_sha256": pixels_sha256(pixels),
+                "shape": list(pixels.shape), "made_with": {
+                    "coldpress": metadata.version("coldpress"), "compressai": metadata.version("compressai"),
+                    "torch": metadata.version("torch")},
+            }
+            print(f"{fname}: {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp")
+    index["files"] = dict(sorted(index["files"].items()))
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
