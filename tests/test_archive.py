@@ -224,7 +224,7 @@ def test_files_carry_the_format_and_the_writer_options(tmp_path):
         if rg:
             assert md.row_group(rg - 1).column(0).statistics.max < col["id"].statistics.min
     assert A.write_rejected(tmp_path, [rejected("x.png")])["rows"] == 1
-    rejected_md = pq.read_metadata(tmp_path / "rejected.parquet")
+    rejected_md = pq.read_metadata(tmp_path / "_rejected" / "rejected.parquet")
     assert rejected_md.metadata[b"coldpress.format"] == b"rejected/1"
 
 
@@ -236,12 +236,41 @@ def test_row_groups_are_bounded_by_bitstream_bytes(tmp_path):
     assert sum(sizes) == 7 and max(sizes) <= 2
 
 
+def _stored_bytes(path, column: str) -> int:
+    md = pq.read_metadata(path)
+    index = md.schema.names.index(column)
+    return sum(md.row_group(rg).column(index).total_compressed_size for rg in range(md.num_row_groups))
+
+
 def test_per_row_overhead_is_small(tmp_path):
-    """(file bytes - bitstream bytes) / rows for realistic rows: the number docs/FORMAT.md reports."""
+    """(file bytes - stored bitstream column bytes) / rows for realistic rows: what docs/FORMAT.md
+    and `coldpress inspect` report."""
     A.write_shard(tmp_path, 0, make_rows(1000, seed=7))
     stats = A.archive_stats(tmp_path)
+    shard = tmp_path / "part-00000.parquet"
     assert stats["num_rows"] == 1000
-    assert stats["overhead_bytes_per_row"] < 130, stats  # measured: ~96 (docs/FORMAT.md)
+    assert stats["stored_bitstream_bytes"] == _stored_bytes(shard, "bitstream")
+    assert stats["overhead_bytes_per_row"] == (shard.stat().st_size - _stored_bytes(shard, "bitstream")) / 1000
+    assert 120 < stats["overhead_bytes_per_row"] < 190, stats  # measured: ~159 (docs/FORMAT.md)
+
+
+def test_overhead_is_never_negative_when_bitstreams_compress(tmp_path):
+    """Small images whose containers are mostly repeated header bytes: zstd stores the bitstream
+    column in far fewer bytes than the bitstreams' lengths, which made the old figure negative."""
+    rows = make_rows(300, seed=3, bitstream_bytes=400)
+    for row in rows:  # a compressible payload (like the boxes every small AVIF repeats)
+        b = Bitstream(codec="learned", width=WIDTH, height=HEIGHT, mode="RGB", payload=bytes(300) + row["id"].encode(),
+                      params={"q": 1, "shape": [32, 48]}, model_id="cp-lic-lowrate-v1",
+                      weights_hash=bytes.fromhex(row["weights_hash"]))
+        row["bitstream"] = pack(b)
+        row["bitstream_sha256"] = hashlib.sha256(row["bitstream"]).hexdigest()
+    A.write_shard(tmp_path, 0, rows)
+    stats = A.archive_stats(tmp_path)
+    shard_bytes = (tmp_path / "part-00000.parquet").stat().st_size
+    assert stats["shard_bytes"] == shard_bytes
+    assert shard_bytes < stats["bitstream_bytes"]  # (file - lengths) / rows would be negative here
+    assert stats["stored_bitstream_bytes"] < stats["bitstream_bytes"] / 4
+    assert 0 < stats["overhead_bytes_per_row"] == (shard_bytes - stats["stored_bitstream_bytes"]) / 300
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,7 +354,7 @@ def test_reading_one_id_reads_a_small_fraction_of_the_archive(tmp_path):
 
     fs = CountingLocalFileSystem(skip_instance_cache=True)
     archive = A.open_archive(str(tmp_path), filesystem=fs)
-    assert fs.bytes_read == os.path.getsize(tmp_path / "manifest.json")  # no footer read yet
+    assert fs.bytes_read == os.path.getsize(tmp_path / "_manifest.json")  # no footer read yet
     assert archive.num_rows == 4000 and [s.num_rows for s in archive.shards] == [2000, 2000]
     wanted = rows[2345]
     table = archive.read([wanted["id"]])
@@ -435,9 +464,10 @@ def test_writer_writes_shards_rejected_table_and_manifest(tmp_path):
         manifest = writer.close({"engine": "local", "codec": "learned", "model_id": "cp-lic-lowrate-v1",
                                  "weights_hash": rows[0]["weights_hash"], "target_bpp": 0.03, "inputs_seen": 253})
     assert sorted(os.listdir(tmp_path)) == [
-        "manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet", "rejected.parquet"
+        "_manifest.json", "_rejected", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"
     ]
-    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert os.listdir(tmp_path / "_rejected") == ["rejected.parquet"]
+    on_disk = json.loads((tmp_path / "_manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest, default=str))
     assert manifest["format"] == ARCHIVE_FORMAT and manifest["complete"] is True
     assert (manifest["engine"], manifest["codec"], manifest["target_bpp"]) == ("local", "learned", 0.03)
@@ -467,7 +497,7 @@ def test_writer_writes_shards_rejected_table_and_manifest(tmp_path):
     assert stats["bpp"]["min"] == bpp[0] and stats["bpp"]["max"] == bpp[-1]
     assert stats["bpp"]["median"] == pytest.approx((bpp[124] + bpp[125]) / 2)
     assert stats["rejected_reasons"] == {"not an image: cannot identify image file": 1, "empty file: 0 bytes": 1}
-    assert stats["file_bytes"] == sum(os.path.getsize(tmp_path / n) for n in os.listdir(tmp_path))
+    assert stats["file_bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
 
 
 def test_a_run_with_only_rejections_is_still_an_archive(tmp_path):
@@ -568,7 +598,8 @@ def test_s3_round_trip(s3_bucket, s3_options):
         manifest = writer.close({"engine": "local"})
     fs = s3fs.S3FileSystem(**s3_options)
     listed = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/archives/run1"))
-    assert listed == ["manifest.json", "part-00000.parquet", "part-00001.parquet", "rejected.parquet"]  # no temp keys
+    assert listed == ["_manifest.json", "_rejected", "part-00000.parquet", "part-00001.parquet"]  # no temp keys
+    assert fs.ls(f"{s3_bucket}/archives/run1/_rejected") == [f"{s3_bucket}/archives/run1/_rejected/rejected.parquet"]
     assert manifest["num_rows"] == 2000
 
     archive = A.open_archive(url, s3_options)

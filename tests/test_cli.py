@@ -386,7 +386,7 @@ def test_encode_restore_inspect_on_s3(tmp_path, capsys, s3_server, s3_bucket, s3
     assert "archived 4, rejected 4" in out
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/archive"))
-    assert names == ["manifest.json", "part-00000.parquet", "rejected.parquet"]
+    assert names == ["_manifest.json", "_rejected", "part-00000.parquet"]
     archive = open_archive(dst, s3_options)
     assert sorted(archive.read(columns=["id"]).column("id").to_pylist()) == sorted(GOOD)
     assert archive.read(ids=["a.png"], columns=["source_uri"]).column("source_uri")[0].as_py() == f"{src}/a.png"

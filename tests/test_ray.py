@@ -64,9 +64,8 @@ def src(tmp_path_factory) -> Path:
 def _shard_ids(archive: Path) -> list[str]:
     """Every id of every shard file, read with plain pyarrow (duplicates across shards stay)."""
     ids = []
-    for path in sorted(archive.glob("*.parquet")):
-        if path.name != "rejected.parquet":
-            ids += pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    for path in sorted(archive.glob("*.parquet")):  # side files start with '_' and hold no shards
+        ids += pq.read_table(path, columns=["id"]).column("id").to_pylist()
     return ids
 
 
@@ -200,7 +199,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_instance):
         proc.wait()
     before = _shard_ids(dst)
     assert 2 <= len(before) < n, "the first run should have been killed part way"
-    assert not (dst / "manifest.json").exists()
+    assert not (dst / "_manifest.json").exists()
     manifest = encode_ray(src, dst, codec="avif", bpp=1.0, progress=False, rows_per_shard=4)
     ids = _shard_ids(dst)
     assert sorted(ids) == [f"im_{i:02d}.png" for i in range(n)]  # no duplicates, no gaps
@@ -218,7 +217,7 @@ def test_s3_source_and_archive(tmp_path, s3_bucket, s3_options, src):
     manifest = encode_ray(f"s3://{s3_bucket}/photos", archive, codec="jpeg", bpp=BPP, storage_options=s3_options,
                           progress=False)
     assert (manifest["archived"], manifest["rejected"]) == (3, 1)
-    assert fs.exists(f"{s3_bucket}/archive/manifest.json")
+    assert fs.exists(f"{s3_bucket}/archive/_manifest.json")
     paths = restore_ray(archive, tmp_path / "out", ids=["sub/gray.png"], storage_options=s3_options, progress=False)
     restored = np.asarray(Image.open(paths[0]))
     original = np.asarray(Image.open(src / "sub" / "gray.png"))

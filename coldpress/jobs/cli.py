@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     "restore",
     "inspect",
     "verify",
+    "upgrade",
     "train",
     "bench",
 )

@@ -64,9 +64,15 @@ def print_text(stats: dict[str, Any]) -> None:
     print(f"images       {n} in {stats['num_shards']} shard(s)")
     print(f"rejected     {stats['num_rejected']}")
     print(f"bitstreams   {stats['bitstream_bytes']:,} bytes"
-          + (f" ({stats['bitstream_bytes'] / n:,.0f} per image)" if n else ""))
-    print(f"files        {stats['file_bytes']:,} bytes in total"
-          + (f" ({stats['overhead_bytes_per_row']:,.0f} bytes of row overhead per image)" if n else ""))
+          + (f" ({stats['bitstream_bytes'] / n:,.0f} per image), stored in {stats['stored_bitstream_bytes']:,} "
+             "bytes of the shards (zstd-compressed column)" if n else ""))
+    print(f"shards       {stats['shard_bytes']:,} bytes"
+          + (f": bitstreams + {stats['overhead_bytes_per_row']:,.0f} bytes per image of row overhead (every other "
+             "column: ids, checksums, quality, metadata; page headers and footers)" if n else ""))
+    print(f"files        {stats['file_bytes']:,} bytes in total with the manifest and the rejected table")
+    if stats.get("legacy_files"):
+        print(f"layout       1 ({', '.join(stats['legacy_files'])} beside the shards, where Parquet tools read "
+              f"them as data): run `coldpress upgrade {stats['path']}`")
     print(f"bpp          {_fmt_summary(stats['bpp'], 'bpp', 4)}")
     print(f"PSNR         {_fmt_summary(stats['psnr'], 'dB', 2)}")
     targets = ", ".join(f"{t:g} bpp: {c}" for t, c in stats["target_bpp"].items()) or "-"
