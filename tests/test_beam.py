@@ -142,6 +142,27 @@ def test_resume_adds_only_new_inputs_and_retries_rejected_ones(tmp_path):
         encode_beam(src, dst, codec=CODEC, bpp=BPP, resume=False, pipeline_args=IN_PROCESS)
 
 
+def test_resume_and_restore_on_a_layout_1_archive(tmp_path):
+    """An archive written before layout 2 (manifest.json and rejected.parquet beside the shards):
+    Beam restores from it, and a resumed Beam encode keeps its history and migrates it."""
+    from layout_helpers import make_layout_1
+
+    src = make_tree(tmp_path / "src")
+    dst = tmp_path / "archive"
+    encode_local(src, dst, codec=CODEC, bpp=BPP, progress=False)
+    make_layout_1(dst)
+    paths = restore_beam(dst, tmp_path / "out", ids=["a.png"], pipeline_args=IN_PROCESS, progress=False)
+    assert [Path(p).name for p in paths] == ["a.png"]
+    (src / "new.png").write_bytes(_encoded("a.png", seed=43))
+    manifest = encode_beam(src, dst, codec=CODEC, bpp=BPP, pipeline_args=IN_PROCESS, progress=False)
+    assert (manifest["skipped"], manifest["archived"], manifest["layout"]) == (5, 1, 2)
+    assert len(manifest["runs"]) == 2
+    assert sorted(p.name for p in dst.iterdir()) == ["_manifest.json", "_rejected", "part-00000.parquet",
+                                                    "part-00001.parquet"]
+    assert set(rejected_by_id(str(dst))) == set(BAD)
+    assert set(rows_by_id(str(dst))) == set(GOOD) | {"new.png"}
+
+
 def test_learned_codec_bitstreams_are_identical_across_engines(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -222,6 +222,51 @@ def test_s3_source_and_archive(tmp_path, s3_bucket, s3_options, src):
     restored = np.asarray(Image.open(paths[0]))
     original = np.asarray(Image.open(src / "sub" / "gray.png"))
     assert restored.shape == original.shape and np.mean(np.abs(restored.astype(int) - original)) < 20
+    # Ray Data reads the archive directory on S3 too: the archived rows only, not the rejected table.
+    from pyarrow.fs import S3FileSystem
+
+    s3 = S3FileSystem(endpoint_override=s3_options["client_kwargs"]["endpoint_url"], scheme="http",
+                      region="us-east-1", access_key="testing", secret_key="testing", session_token="testing")
+    data = ray.data.read_parquet(f"{s3_bucket}/archive", filesystem=s3)
+    assert sorted(data.to_pandas()["id"]) == ["img_0.png", "img_1.png", "sub/gray.png"]
+
+
+def test_ray_data_reads_the_archive_directory(ray_archive):
+    """ray.data.read_parquet(archive) reads exactly the archived rows with the archive's columns
+    (the rejected table and the manifest start with '_', which Ray skips)."""
+    from coldpress.jobs.inspect import inspect_archive
+    from coldpress.transforms.schema import ARCHIVE_SCHEMA
+
+    dst, _ = ray_archive
+    expected = inspect_archive(str(dst), ids=True)
+    assert expected["num_rejected"] == 3
+    data = ray.data.read_parquet(str(dst))
+    assert data.count() == expected["num_rows"] == 9
+    assert data.schema().names == ARCHIVE_SCHEMA.names
+    assert sorted(data.to_pandas()["id"]) == expected["ids"]
+
+
+def test_resume_and_restore_on_a_layout_1_archive(ray_archive, src, tmp_path):
+    """An archive written before layout 2 (manifest.json, rejected.parquet beside the shards):
+    restore reads it, and a resumed encode keeps its rejections and run history and migrates it."""
+    import shutil
+
+    from layout_helpers import make_layout_1
+
+    old = tmp_path / "old"
+    shutil.copytree(ray_archive[0], old)
+    make_layout_1(old)
+    paths = restore_ray(old, tmp_path / "out", ids=["img_3.png"], progress=False)
+    assert [Path(p).name for p in paths] == ["img_3.png"]
+    more = tmp_path / "src"
+    shutil.copytree(src, more)
+    _save(more / "new.png", natural_image(64, 96, seed=30))
+    manifest = encode_ray(more, old, codec="webp", bpp=BPP, progress=False, rows_per_shard=3)
+    assert (manifest["skipped"], manifest["archived"], manifest["layout"]) == (9, 1, 2)
+    assert len(manifest["runs"]) == 2
+    assert sorted(p.name for p in old.iterdir() if not p.name.startswith("part-")) == ["_manifest.json", "_rejected"]
+    assert set(_rejected(old)) == {"notes.txt", "empty.png", "truncated.png"}
+    assert verify_local(old, progress=False)["ok"] == 10
 
 
 def test_cli_engine_ray_and_service(src, tmp_path, capsys):
