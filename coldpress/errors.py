@@ -29,6 +29,12 @@ class ArchiveError(ColdpressError):
     """An archive is missing, unreadable, corrupt or not a coldpress archive."""
 
 
+class EnvironmentFault(ColdpressError):
+    """The job's environment failed (GPU, driver, credentials, disk, network): no input is to blame.
+
+    Never recorded as a rejected input or a damaged row: the job stops with this message."""
+
+
 class RejectedInputs(InputRejected):
     """A strict job finished, and some inputs were rejected; ``manifest`` is the run's manifest."""
 

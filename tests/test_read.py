@@ -264,11 +264,20 @@ def test_truncated(fmt, keep):
     assert "truncated" in rejected(data[: int(len(data) * keep)])
 
 
-def test_truncated_rejected_even_when_pillow_is_told_to_accept_it(monkeypatch):
+def test_pillow_told_to_accept_truncated_files_stops_the_job_and_leaves_the_flag_alone(monkeypatch):
+    """LOAD_TRUNCATED_IMAGES is process-wide: coldpress neither flips it (other threads read images
+    too) nor archives what Pillow would pad; it stops with what to change, and rejects no input."""
+    from coldpress.codec import get_codec
+    from coldpress.errors import EnvironmentFault
+    from coldpress.transforms.records import process_input
+
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     data = encode(Image.fromarray(natural_image(48, 64, "RGB")), "JPEG")
-    assert "truncated" in rejected(data[: len(data) // 2])
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the application's setting is left as it was
+    with pytest.raises(EnvironmentFault, match="LOAD_TRUNCATED_IMAGES"):
+        decode_input(data[: len(data) // 2], "half.jpg")
+    with pytest.raises(EnvironmentFault, match="LOAD_TRUNCATED_IMAGES"):
+        process_input("whole.jpg", "whole.jpg", data, get_codec("jpeg"), 1.0)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
 
 def test_random_bytes():
@@ -297,8 +306,9 @@ def test_max_pixels_on_a_real_image():
     assert DEFAULT_MAX_PIXELS >= 100_000_000
 
 
-def test_zero_size_image():
-    rejected(png_claiming(0, 10), "empty-size.png")
+@pytest.mark.parametrize("width, height", [(0, 10), (12, 0)])
+def test_zero_size_image(width, height):
+    assert f"zero size ({width}x{height})" in rejected(png_claiming(width, height), "empty-size.png")
 
 
 def test_float_tiff_is_unsupported():

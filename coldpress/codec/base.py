@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import io
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -170,26 +170,6 @@ class Codec(abc.ABC):
                 raise BitstreamError("the alpha plane's size does not match the image; the bitstream is corrupted")
         return join_alpha(rgb, b.mode, alpha)
 
-    def encode_batch(self, images: Sequence[np.ndarray], bpp: float) -> list[EncodeResult | Exception]:
-        """Encode many images; a failure is returned in its slot, never raised for the batch."""
-        out: list[EncodeResult | Exception] = []
-        for image in images:
-            try:
-                out.append(self.encode(image, bpp))
-            except Exception as exc:  # noqa: BLE001 - one bad image must not fail the batch
-                out.append(exc)
-        return out
-
-    def decode_batch(self, bitstreams: Sequence[bytes]) -> list[np.ndarray | Exception]:
-        """Decode many bitstreams; a failure is returned in its slot, never raised for the batch."""
-        out: list[np.ndarray | Exception] = []
-        for data in bitstreams:
-            try:
-                out.append(self.decode(data))
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
-        return out
-
     # -- helpers -------------------------------------------------------------------------------
     def check_compatible(self, b: Bitstream) -> None:
         """Refuse a bitstream made by another codec or model, naming what it needs."""
@@ -213,6 +193,11 @@ class Codec(abc.ABC):
 
     def _params_probe(self) -> dict[str, Any]:
         """Params of typical size, used to estimate the header before the payload exists."""
+        return {}
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this codec elsewhere (``get_codec(self.name, **options)``): how
+        engines give their workers the same codec, model file and settings as the launcher's."""
         return {}
 
     def describe(self) -> dict[str, Any]:

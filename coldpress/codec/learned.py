@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 from typing import Any
 
 import numpy as np
@@ -118,12 +117,21 @@ class LearnedCodec(Codec):
         (pixels; decoding always uses the model's recorded tiling); ``scale_search``: see the module."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.loaded: LoadedModel = load_model(model, self.device)
+        # What rebuilds this codec in another process: a model file by its absolute path, a shipped one by id.
+        model_ref = str(self.loaded.path.resolve()) if model is not None and model not in self.known_models() else model
+        self._options = {k: v for k, v in (("model", model_ref), ("device", device)) if v is not None}
+        if tile != TILE:
+            self._options["tile"] = tile
+        if not scale_search:
+            self._options["scale_search"] = False
         self.model_id = self.loaded.model_id
         self.weights_hash = bytes.fromhex(self.loaded.sha256[:16])
         self.device_class = self.device.type
         self.tile = tile
         self.scale_search = scale_search
-        self._lock = threading.Lock()  # compressai's coders are not re-entrant across threads
+        # compressai's coders belong to the (cached, shared) model and are not re-entrant across
+        # threads: every codec instance of one model takes the model's lock.
+        self._lock = self.loaded.coder_lock
 
     @classmethod
     def known_models(cls) -> list[str]:
@@ -320,6 +328,9 @@ class LearnedCodec(Codec):
         if (sw, sh) != (width, height):
             x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))
         return np.ascontiguousarray(x_hat)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self._options)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

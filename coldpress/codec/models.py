@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -114,6 +114,9 @@ class LoadedModel:
     ctx_fixed: FixedPointStack | None = None  # checkerboard context (None: hyperprior only)
     ep_fixed: FixedPointStack | None = None
     decode_tiling: DecodeTiling = LEGACY_DECODE_TILING
+    #: Guards the entropy coders of ``net`` (compressai's are not re-entrant), shared by every codec
+    #: instance of this model.
+    coder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def has_context(self) -> bool:

@@ -51,6 +51,13 @@ def codec_names() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def rebuildable(codec: Codec) -> bool:
+    """Whether ``get_codec(codec.name, **codec.options())`` rebuilds ``codec`` (its class is the one
+    registered under its name): how engines hand a codec to workers without pickling its model."""
+    _load_codec_modules()
+    return _FACTORIES.get(codec.name) is type(codec)
+
+
 def get_codec(name: str, **options: Any) -> Codec:
     """The shared instance of codec ``name`` built with ``options``."""
     _load_codec_modules()

@@ -46,6 +46,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--bpp", type=_bpp, required=True, help="target bits per pixel, e.g. 0.05 (container bytes included)")
     p.add_argument("--codec", default=DEFAULT_CODEC, help=f"codec name (default: {DEFAULT_CODEC}); see `coldpress encode --list-codecs`")
     p.add_argument("--list-codecs", action=_ListCodecs, nargs=0, help="list the available codecs and exit")
+    learned = p.add_argument_group("learned codec (--codec learned)")
+    learned.add_argument("--model", default=None, metavar="ID_OR_PATH",
+                         help="shipped model id or an exported .safetensors file (default: the bundled default "
+                         "model); every engine's workers load the same file")
+    learned.add_argument("--device", default=None, metavar="DEVICE",
+                         help="where the codec runs: cpu, cuda, cuda:1 (default: cuda when present, else cpu)")
+    learned.add_argument("--tile", type=int, default=None, metavar="PX",
+                         help="encoder analysis tile in pixels for large images (default 1024); decoding always "
+                         "uses the model's own tiling")
+    learned.add_argument("--no-scale-search", dest="scale_search", action="store_false", default=None,
+                         help="do not try a smaller scale at the lowest rates (faster encode)")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
     add_beam_option(p)
     add_engine_options(p)
@@ -53,7 +64,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to add to an existing archive instead of skipping the inputs it already holds")
     p.add_argument("--report", action="store_true", help="print a table of every archived image: bytes, bpp, PSNR")
+    p.add_argument("--compare", default=None, metavar="CODEC",
+                   help="with --report, also encode each source with CODEC (e.g. avif-half) at the bytes its "
+                        "archived bitstream takes, and print the PSNR CODEC reaches there (slow on big folders)")
     return p
+
+
+#: Learned-codec options of the command line: argparse dest -> codec option.
+CODEC_OPTIONS = {"model": "model", "device": "device", "tile": "tile", "scale_search": "scale_search"}
+
+
+def codec_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"codec_options": {...}}`` from the learned-codec options given, or {} when none was given."""
+    from coldpress.errors import ColdpressError
+
+    given = {opt: getattr(args, dest) for dest, opt in CODEC_OPTIONS.items() if getattr(args, dest, None) is not None}
+    if not given:
+        return {}
+    if args.codec != "learned":
+        flags = ", ".join("--no-scale-search" if k == "scale_search" else f"--{k}" for k in given)
+        raise ColdpressError(f"{flags} only apply to --codec learned (this run uses --codec {args.codec}); drop them")
+    if "tile" in given and given["tile"] < 64:
+        raise ColdpressError(f"--tile {given['tile']} is too small; pass at least 64 (pixels)")
+    return {"codec_options": given}
 
 
 def add_beam_option(p: argparse.ArgumentParser) -> None:
@@ -99,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = encode(
             args.src, args.dst, codec=args.codec, bpp=args.bpp, storage_options=options,
             resume=args.resume, strict=args.strict, progress=show_progress(args), **beam_kwargs(args),
-            **engine_kwargs(args, args.engine),
+            **engine_kwargs(args, args.engine), **codec_kwargs(args),
         )
         strict_failure = None
     except RejectedInputs as exc:
@@ -115,7 +148,7 @@ def _summarize(args: argparse.Namespace, manifest: dict[str, Any], options: dict
     from coldpress.jobs.cli import say
 
     if args.report:
-        print_report(args.dst, options)
+        print_report(args.dst, options, compare=getattr(args, "compare", None))
     say(args,
         f"archived {manifest.get('archived', 0)}, rejected {manifest.get('rejected', 0)}, "
         f"skipped {manifest.get('skipped', 0)} already archived; {args.dst} now holds "
@@ -137,19 +170,22 @@ def _print_rejections(dst: str, options: dict[str, Any] | None) -> None:
         print(f"  ... and {len(rejected) - SHOWN_REJECTIONS} more: see `coldpress inspect {dst}`")
 
 
-def print_report(archive: str, options: dict[str, Any] | None) -> None:
-    """Print one line per archived image: id, size, stored bytes, achieved bpp, PSNR."""
+def print_report(archive: str, options: dict[str, Any] | None, compare: str | None = None) -> None:
+    """Print one line per archived image: id, size, stored bytes, achieved bpp, PSNR; with
+    ``compare`` (a codec name), also the PSNR that codec reaches at the same bytes."""
     from coldpress.transforms.archive import open_archive
     from coldpress.transforms.sources import filesystem_for
 
     fs, _ = filesystem_for(archive, options)
-    columns = ["id", "width", "height", "source_bytes", "achieved_bpp", "psnr", "codec"]
+    columns = ["id", "source_uri", "width", "height", "source_bytes", "achieved_bpp", "psnr", "codec"]
     rows = open_archive(archive, filesystem=fs).read(columns=columns).sort_by("id").to_pylist()
     if not rows:
         print("(no images archived)")
         return
     width = max(12, *(len(r["id"]) for r in rows))
-    print(f"{'id':<{width}}  {'size':>9}  {'codec':<12} {'source B':>9}  {'archived B':>10}  {'bpp':>6}  {'PSNR dB':>7}")
+    extra = f"  {compare + ' PSNR at same B':>22}" if compare else ""
+    print(f"{'id':<{width}}  {'size':>9}  {'codec':<12} {'source B':>9}  {'archived B':>10}  {'bpp':>6}  {'PSNR dB':>7}"
+          + extra)
     total_pixels = total_bytes = 0
     for r in rows:
         pixels = r["width"] * r["height"]
@@ -157,7 +193,33 @@ def print_report(archive: str, options: dict[str, Any] | None) -> None:
         total_pixels += pixels
         total_bytes += stored
         psnr = f"{r['psnr']:.2f}" if r["psnr"] is not None else "-"
-        print(f"{r['id']:<{width}}  {r['width']:>4}x{r['height']:<4}  {r['codec']:<12} {r['source_bytes']:>9}  "
-              f"{stored:>10}  {r['achieved_bpp']:>6.4f}  {psnr:>7}")
+        line = (f"{r['id']:<{width}}  {r['width']:>4}x{r['height']:<4}  {r['codec']:<12} {r['source_bytes']:>9}  "
+                f"{stored:>10}  {r['achieved_bpp']:>6.4f}  {psnr:>7}")
+        if compare:
+            line += f"  {compare_at_bytes(r['source_uri'], stored, compare, options):>22}"
+        print(line)
     print(f"{'total':<{width}}  {'':>9}  {'':<12} {sum(r['source_bytes'] for r in rows):>9}  {total_bytes:>10}  "
           f"{8 * total_bytes / total_pixels:>6.4f}")
+    if compare:
+        print(f"(last column: the source encoded again with {compare} under the same byte budget as its archived "
+              "bitstream, container included; '-' where it cannot go that low)")
+
+
+def compare_at_bytes(source_uri: str, budget: int, codec_name: str, options: dict[str, Any] | None) -> str:
+    """The PSNR (dB, as text) codec ``codec_name`` reaches on the source at ``source_uri`` with a
+    bitstream of at most ``budget`` bytes (its own rate control), and the bytes it used; "-" when
+    its smallest bitstream is larger."""
+    from coldpress.codec import get_codec
+    from coldpress.errors import RateUnreachableError
+    from coldpress.metrics import psnr
+    from coldpress.transforms.read import decode_input
+    from coldpress.transforms.sources import read_bytes
+
+    image = decode_input(read_bytes(source_uri, options), source_uri).pixels
+    codec = get_codec(codec_name)
+    h, w = image.shape[:2]
+    try:
+        result = codec.encode(image, bpp=(budget + 0.5) * 8 / (w * h))  # budget = int(bpp * W * H / 8)
+    except RateUnreachableError:
+        return "-"
+    return f"{psnr(image, codec.decode(result.bitstream)):.2f} ({len(result.bitstream)} B)"

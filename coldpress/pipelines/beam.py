@@ -63,6 +63,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from coldpress.codec.base import Codec
+from coldpress.codec.registry import rebuildable
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.errors import ArchiveError, ColdpressError
 from coldpress.transforms.archive import (
@@ -308,40 +309,15 @@ class _SortByStatus(beam.DoFn):
         yield row if status == "archived" else beam.pvalue.TaggedOutput(REJECTED, row)
 
 
-class _RejectFailedBatch(beam.DoFn):
-    """A batch whose inference raised (a lost shared model, a crashed worker call): each of its
-    inputs becomes a rejected row, so that nothing is lost and a resumed run retries them."""
-
-    def process(self, failure):
-        yield from rejected_from_failed_batch(failure)
-
-
-def rejected_from_failed_batch(failure: Any) -> list[dict[str, Any]]:
-    """Rejected rows for a RunInference dead letter ``(batch, error)``; ``batch`` holds (key, uri, bytes)."""
-    from coldpress.transforms.records import rejected_row
-
-    batch, error = failure[0], failure[1] if len(failure) > 1 else None
-    if isinstance(error, tuple) and len(error) >= 2:  # (type, repr of the exception, traceback) from Beam
-        what = error[1] if isinstance(error[1], str) else f"{getattr(error[0], '__name__', error[0])}: {error[1]}"
-    else:
-        what = f"{type(error).__name__}: {error}"
-    if isinstance(batch, tuple) and len(batch) == 3 and isinstance(batch[0], str):
-        batch = [batch]
-    rows = []
-    for item in batch:
-        key, uri = str(item[0]), str(item[1])
-        rows.append(rejected_row(key, uri, (
-            f"EncoderFailure: the encoder failed on the batch holding {uri} ({what}); nothing was "
-            "archived for it: run the job again (it retries rejected inputs), and report the error if it repeats")))
-    return rows
-
-
 class EncodeImages(beam.PTransform):
     """Encode (key, uri, bytes) images at ``bpp`` with ``codec``: outputs ``archived`` and ``rejected`` rows.
 
     Built on RunInference with ``CodecModelHandler`` (see there for batching and model sharing).
-    Inputs that cannot be archived (not an image, rate unreachable, failed verify-on-write) and
-    inputs of a batch whose inference failed leave as ``rejected`` rows with the reason.
+    Inputs that cannot be archived (not an image, rate unreachable, failed verify-on-write) leave as
+    ``rejected`` rows with the reason. A batch whose inference raises (a GPU out of memory, a lost
+    driver: what ``process_input`` does not blame on an input) fails its bundle: the runner retries it
+    and then fails the job, so no input is rejected for the environment's fault; a resumed run
+    encodes what is missing.
     """
 
     def __init__(self, codec: str | Codec = DEFAULT_CODEC, bpp: float = 0.05, *,
@@ -355,14 +331,10 @@ class EncodeImages(beam.PTransform):
                                                      model_copies=model_copies, torch_threads=torch_threads)
 
     def expand(self, images):
-        results, failed = (images
-                           | "Run the codec on batches" >> RunInference(self._handler).with_exception_handling())
-        sorted_rows = results | "Sort archived from rejected" >> beam.ParDo(_SortByStatus()).with_outputs(
+        results = images | "Run the codec on batches" >> RunInference(self._handler)
+        rows = results | "Sort archived from rejected" >> beam.ParDo(_SortByStatus()).with_outputs(
             REJECTED, main=ARCHIVED)
-        lost = failed.failed_inferences | "Reject the inputs of failed batches" >> beam.ParDo(_RejectFailedBatch())
-        rejected = ((sorted_rows[REJECTED], lost)
-                    | "Gather the rejections" >> beam.Flatten())
-        return {ARCHIVED: sorted_rows[ARCHIVED], REJECTED: rejected}
+        return {ARCHIVED: rows[ARCHIVED], REJECTED: rows[REJECTED]}
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -609,8 +581,13 @@ def encode_beam(
     direct = options.view_as(DirectOptions)
     if _runner_name(options) == DEFAULT_RUNNER.lower() and direct.direct_running_mode == "multi_processing":
         threads = max(1, multiprocessing.cpu_count() // max(1, direct.direct_num_workers or multiprocessing.cpu_count()))
-    # Workers rebuild the codec from its name; an instance (e.g. a custom model) travels pickled.
-    codec_spec: str | Codec = codec if isinstance(codec, Codec) else the_codec.name
+    # Workers rebuild the codec from its name and options (a model file, tile, scale search: Codec.options);
+    # an instance of an unregistered codec class travels pickled.
+    if rebuildable(the_codec):
+        codec_spec: str | Codec = the_codec.name
+        codec_options = {**the_codec.options(), **codec_options}
+    else:
+        codec_spec = the_codec
     with make_pipeline(options) as p:
         read = p | "Read the planned sources" >> ReadImages(plan.todo, storage_options)
         encoded = read[IMAGES] | f"Encode at {bpp:g} bpp with {the_codec.name}" >> EncodeImages(

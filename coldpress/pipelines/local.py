@@ -39,6 +39,7 @@ from coldpress.transforms.records import (
     restored_names,
     write_image,
 )
+from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for, read_ahead
 
 ENGINE = "local"
@@ -63,6 +64,7 @@ def encode_local(
     strict: bool = False,
     progress: bool = True,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    codec_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode every file under ``src`` into the archive ``dst``; return the archive's manifest.
 
@@ -73,11 +75,12 @@ def encode_local(
     ``resume``: inputs whose id is already in ``dst`` are skipped and new rows go to new shards, so
     an interrupted or extended job can be run again. With ``resume=False`` ``dst`` must not hold an
     archive yet. ``strict``: after the archive is written, raise RejectedInputs (its ``manifest``
-    attribute holds the manifest) when any input was rejected.
+    attribute holds the manifest) when any input was rejected. ``codec_options`` build the codec
+    (``get_codec(codec, **codec_options)``, e.g. ``{"model": "my-model.safetensors"}``).
     """
     bpp = check_bpp(bpp)
     started = time.monotonic()
-    the_codec = resolve_codec(codec)
+    the_codec = resolve_codec(codec, **dict(codec_options or {}))
     src, dst = str(src), str(dst)
     plan = plan_encode(src, dst, storage_options, resume=resume)
     todo = plan.todo
@@ -182,11 +185,12 @@ def verify_local(
                 seen.add(rid)
                 try:
                     pixels = decode_record(row)
-                except ColdpressError as exc:
-                    failures.append({"id": rid, "problem": str(exc)})
-                    continue
                 except Exception as exc:  # noqa: BLE001 - a decoder crash is a failed row, not a crash
-                    failures.append({"id": rid, "problem": f"decoding failed unexpectedly ({type(exc).__name__}: {exc})"})
+                    # ... unless the environment failed (GPU, driver, disk, network): not a damaged row.
+                    raise_if_environmental(exc, f"verifying {rid!r} of {archive}")
+                    problem = str(exc) if isinstance(exc, ColdpressError) else (
+                        f"decoding failed unexpectedly ({type(exc).__name__}: {exc})")
+                    failures.append({"id": rid, "problem": problem})
                     continue
                 recorded = row.get("recon_sha256")
                 if recorded and pixels_sha256(pixels) != recorded:

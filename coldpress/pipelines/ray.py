@@ -61,7 +61,7 @@ from ray.data.datasource import Datasink
 
 from coldpress.codec.base import Codec
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
-from coldpress.errors import ArchiveError, ColdpressError
+from coldpress.errors import ArchiveError, ColdpressError, EnvironmentFault
 from coldpress.transforms.archive import (
     DEFAULT_ROWS_PER_SHARD,
     ArchiveWriter,
@@ -87,6 +87,7 @@ from coldpress.transforms.records import (
     unreadable_row,
     write_image,
 )
+from coldpress.transforms.faults import environment_cause
 from coldpress.transforms.schema import ARCHIVE_SCHEMA
 from coldpress.transforms.sources import filesystem_for, read_ahead
 
@@ -188,6 +189,9 @@ def _job_error(what: str, exc: BaseException, hint: str) -> ColdpressError:
     while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError chain
         cause = cause.cause
     text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    environment = environment_cause(cause)
+    if environment is not None:  # not the inputs' fault: say what to fix, keep the class
+        return EnvironmentFault(f"the Ray {what} job stopped: {environment}; {hint}")
     return ColdpressError(f"the Ray {what} job failed ({type(cause).__name__}: {text}); {hint}")
 
 
@@ -281,13 +285,12 @@ class _ShardSink(Datasink):
         self.results = [r for r in write_result.write_returns if r is not None]
 
 
-def _codec_spec(codec: str | Codec) -> tuple[str, dict[str, Any]]:
-    """(name, options) that rebuild ``codec`` in an actor."""
+def _codec_spec(codec: str | Codec, codec_options: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(name, options) that rebuild ``codec`` in an actor: a model file, tile or scale-search setting
+    of the launcher's codec reaches every actor (``Codec.options``)."""
     if isinstance(codec, Codec):
-        if codec.name == "learned" and codec.model_id:
-            return "learned", {"model": codec.model_id}
-        return codec.name, {}
-    return str(codec), {}
+        return codec.name, {**codec.options(), **dict(codec_options or {})}
+    return str(codec), dict(codec_options or {})
 
 
 def encode_ray(
@@ -306,6 +309,7 @@ def encode_ray(
     gpus_per_actor: float | None = None,
     cpus_per_actor: float | None = None,
     batch_size: int | None = None,
+    codec_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode every file under ``src`` into the archive ``dst`` on Ray; return the archive's manifest.
 
@@ -316,13 +320,15 @@ def encode_ray(
     (default 1 on a GPU cluster with the learned codec, else 0); ``cpus_per_actor`` (default: a
     node's CPUs, at most 8, for the learned codec on CPUs, else 1; see ``actor_resources``);
     ``batch_size`` inputs per actor call (default 4). Shards hold about ``rows_per_shard`` rows (one per write task).
+    ``codec_options`` build the codec (``get_codec(codec, **codec_options)``: e.g. ``model`` a weights
+    file, ``tile``, ``scale_search``, ``device``); the actors rebuild the same codec from them.
     """
     bpp = check_bpp(bpp)
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
     started = time.monotonic()
-    codec_name, codec_options = _codec_spec(codec)
-    the_codec = resolve_codec(codec, **codec_options) if not isinstance(codec, Codec) else codec
+    the_codec = resolve_codec(codec, **dict(codec_options or {}))  # a bad name or missing model fails here
+    codec_name, codec_options = _codec_spec(the_codec, codec_options)
     src, dst = str(src), str(dst)
     plan = plan_encode(src, dst, storage_options, resume=resume)
     connect(address, quiet=not progress)

@@ -18,6 +18,7 @@ from coldpress.codec import get_codec
 from coldpress.codec.base import Codec
 from coldpress.errors import ArchiveError, ColdpressError, InputRejected, RejectedInputs
 from coldpress.transforms.archive import existing_ids
+from coldpress.transforms.faults import environment_cause
 from coldpress.transforms.sources import filesystem_for, list_sources, record_id
 
 
@@ -132,7 +133,10 @@ def join_destination(dst: str, name: str) -> str:
 
 
 def restore_failure(exc: BaseException) -> str | None:
-    """Why one row could not be restored, or None when ``exc`` is about the destination (re-raise it)."""
+    """Why one row could not be restored, or None when ``exc`` is about the destination or the
+    environment (re-raise it: a full disk or a lost connection is not a damaged row)."""
+    if environment_cause(exc) is not None:
+        return None
     if isinstance(exc, ColdpressError):
         return str(exc)
     if isinstance(exc, (FileNotFoundError, PermissionError)):

@@ -46,7 +46,6 @@ import io
 import math
 import numbers
 import re
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +53,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, TiffTags, UnidentifiedImageError
 
-from coldpress.errors import InputRejected
+from coldpress.errors import EnvironmentFault, InputRejected
 
 #: Default largest image accepted, in pixels: Pillow's decompression-bomb hard limit.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -87,7 +86,6 @@ _MAX_HEX_BYTES = 64
 _PNG_TEXT_KEYS = 64
 _INFO_KEYS = ("dpi", "gamma", "srgb", "compression", "progressive", "progression", "interlace", "chromaticity")
 _RAWMODE_BITS = re.compile(r"^(?:1|L|LA|P|PA|I|RGB|RGBA|RGBX|CMYK);(\d+)")
-_TRUNCATED_LOCK = threading.Lock()
 _GDAL_METADATA_TAG = 42112
 _GDAL_BAND4_INTERP = re.compile(r'<Item\s+name="COLORINTERP"\s+sample="3"[^>]*>([^<]*)</Item>')
 
@@ -254,6 +252,22 @@ def _declared_size(data: bytes) -> int | None:
     return None
 
 
+def _declared_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) a PNG, GIF or BMP header declares, or None: Pillow refuses to open an image
+    that declares a zero size, and the reason should say so."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data[:2] == b"BM" and len(data) >= 26 and int.from_bytes(data[14:18], "little") >= 40:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(int.from_bytes(data[22:26], "little", signed=True))
+    return None
+
+
+def _zero_size(source: str, width: int, height: int) -> InputRejected:
+    return _reject(source, f"image has zero size ({width}x{height})", "remove it from SRC; there is nothing to archive")
+
+
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
     with warnings.catch_warnings():
         # Sizes between Pillow's warning and error limits are judged by max_pixels below.
@@ -268,6 +282,9 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
                 "if the file is trusted",
             ) from None
         except UnidentifiedImageError:
+            dims = _declared_dimensions(data)
+            if dims is not None and 0 in dims:
+                raise _zero_size(source, *dims) from None
             raise _reject(
                 source,
                 f"not an image Pillow can read ({len(data):,} bytes starting with {data[:8]!r})",
@@ -294,19 +311,22 @@ def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
             ) from None
 
 
+def _check_pillow_settings() -> None:
+    """Pillow must refuse truncated files. Its switch is process-wide: flipping it here would change
+    how every other thread of the application reads images, so an application that turned it on
+    gets an error (the job stops; no input is rejected for it)."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise EnvironmentFault(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so Pillow would accept truncated "
+            "files without a word and coldpress would archive damaged images; set it to False (Pillow's "
+            "default) before running coldpress, or run coldpress in its own process"
+        )
+
+
 def _load(img: Image.Image, source: str) -> None:
     """Decode every pixel of the first frame, refusing truncated data."""
     try:
-        if ImageFile.LOAD_TRUNCATED_IMAGES:
-            # The application asked Pillow to accept truncated files; coldpress must not archive them.
-            with _TRUNCATED_LOCK:
-                ImageFile.LOAD_TRUNCATED_IMAGES = False
-                try:
-                    img.load()
-                finally:
-                    ImageFile.LOAD_TRUNCATED_IMAGES = True
-        else:
-            img.load()
+        img.load()
     except MemoryError:
         raise _reject(
             source, "not enough memory to decode this image", "run with more memory or fewer workers, or downscale it"
@@ -406,8 +426,10 @@ def decode_input(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXE
     """Decode ``data`` (the bytes of the file ``source``, named in messages) into a DecodedInput.
 
     Raises InputRejected, saying what is wrong and what to do, for empty, truncated, non-image,
-    oversized, zero-size or unsupported-mode inputs.
+    oversized, zero-size or unsupported-mode inputs; EnvironmentFault when the application told
+    Pillow to accept truncated files.
     """
+    _check_pillow_settings()
     if data is None or len(data) == 0:
         raise _reject(source, "file is empty (0 bytes)", "copy it again from its origin, or remove it from SRC")
     data = bytes(data)
@@ -423,10 +445,8 @@ def decode_input(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXE
         img = _open(data, source, max_pixels)  # counting left the file positioned on the broken frame
     try:
         width, height = img.size
-        if width <= 0 or height <= 0:
-            raise _reject(
-                source, f"image has zero size ({width}x{height})", "remove it from SRC; there is nothing to archive"
-            )
+        if width <= 0 or height <= 0:  # plugins that do not refuse it themselves
+            raise _zero_size(source, width, height)
         if width * height > max_pixels:
             raise _reject(
                 source,

@@ -46,7 +46,6 @@ import math
 import os
 import posixpath
 import re
-import tempfile
 import unicodedata
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -59,7 +58,8 @@ from PIL import Image
 
 from coldpress.codec.base import Codec, image_mode
 from coldpress.codec.registry import decode_bitstream
-from coldpress.errors import BitstreamError, ColdpressError, InputRejected
+from coldpress.errors import BitstreamError, ColdpressError, EnvironmentFault, InputRejected
+from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
 from coldpress.transforms.sources import filesystem_for, record_id
 
@@ -79,11 +79,6 @@ OUTPUT_FORMATS: dict[str, tuple[str, str, bool]] = {
     "jpg": ("JPEG", "jpg", False),
 }
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "TIFF": {"compression": "tiff_deflate"}}
-
-# Permissions of restored files: what open() would give under the process umask.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-_FILE_PERMISSIONS = 0o666 & ~_UMASK
 
 # Filesystems whose single write is atomic by nature: an object appears whole or not at all.
 _ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"}
@@ -158,6 +153,7 @@ def encode_record(
     try:
         recon = codec.decode(result.bitstream)
     except Exception as exc:  # noqa: BLE001 - whatever breaks, the row must not be written
+        raise_if_environmental(exc, f"verifying what was just encoded for {uri}")
         raise InputRejected(
             f"{uri}: verify-on-write failed: the bitstream just written does not decode "
             f"({type(exc).__name__}: {exc}); nothing was archived for it. This is a codec fault: report it "
@@ -210,7 +206,11 @@ def rejected_row(key: str, uri: str, reason: str) -> dict[str, Any]:
 
 
 def unreadable_row(key: str, uri: str, exc: BaseException) -> dict[str, Any]:
-    """The rejected row of a source that could not be read; ``exc`` is what reading it raised."""
+    """The rejected row of a source that could not be read; ``exc`` is what reading it raised.
+
+    Raises EnvironmentFault instead when the read failed for the environment (credentials, network,
+    disk): that is not the input's fault, and the job must stop rather than reject it."""
+    raise_if_environmental(exc, f"reading {uri}")
     reason = (
         f"ReadError: could not read {uri} ({type(exc).__name__}: {exc}); check that it exists and "
         "that the job's credentials can read it, then run the job again"
@@ -231,8 +231,10 @@ def process_input(
 
     ``data_or_exc`` is the source's bytes, or the exception reading it raised. Bad input never
     raises: every failure while decoding, encoding or verifying one input becomes a rejected row
-    whose reason names the error class and says what to do. Only a bad ``bpp`` (a job setting,
-    not an input) raises ValueError.
+    whose reason names the error class and says what to do. A fault of the environment (GPU out of
+    memory, driver, credentials, full disk, dropped connection: ``transforms.faults``) is not the
+    input's: it raises EnvironmentFault and stops the job. A bad ``bpp`` (a job setting, not an
+    input) raises ValueError.
     """
     try:
         valid_bpp = not isinstance(bpp, bool) and math.isfinite(float(bpp)) and float(bpp) > 0
@@ -244,9 +246,12 @@ def process_input(
         return "rejected", unreadable_row(key, uri, data_or_exc)
     try:
         return "archived", encode_record(key, uri, data_or_exc, codec, bpp, max_pixels=max_pixels)
+    except EnvironmentFault:
+        raise
     except ColdpressError as exc:
         return "rejected", rejected_row(key, uri, f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - one input must never fail the job
+        raise_if_environmental(exc, f"archiving {uri}")
         log.warning("unexpected error archiving %s", uri, exc_info=True)
         reason = (
             f"{type(exc).__name__}: {exc} (unexpected error while archiving {uri}; this input was "
@@ -394,11 +399,13 @@ def write_image(
         path = os.path.abspath(path)
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        # A hidden temporary name, created exclusively with mode 0o666 so that the kernel applies the
+        # process umask as open() would (reading the umask would mean setting it, for every thread).
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.chmod(tmp, _FILE_PERMISSIONS)  # mkstemp makes owner-only files
             os.replace(tmp, path)
         except BaseException:
             try:

@@ -4,7 +4,9 @@ A *source key* is the path of a file relative to the SRC the user named, with fo
 archive id of a record is the normalized key (:func:`record_id`), so re-running a job on the same tree
 gives the same ids wherever the tree lives.
 
-S3-compatible stores (MinIO, Ceph, moto, ...) are reached by passing
+Requests to S3 are retried by botocore's own retry modes (``adaptive`` by default, 10 attempts; set
+``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` or pass ``config_kwargs={"retries": ...}``), not by a loop of
+coldpress's. S3-compatible stores (MinIO, Ceph, moto, ...) are reached by passing
 ``storage_options={"client_kwargs": {"endpoint_url": URL}}`` or by setting the environment variable
 ``COLDPRESS_S3_ENDPOINT_URL`` (or the AWS SDK's ``AWS_ENDPOINT_URL``); credentials come from the usual
 AWS chain (environment, profile, instance role) and are never logged.
@@ -30,6 +32,9 @@ S3_ENDPOINT_ENV_VARS = ("COLDPRESS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
 READ_AHEAD = 8
 READ_THREADS = 4
 _S3_PROTOCOLS = ("s3", "s3a")
+#: botocore retry defaults for object-store requests (see ``s3_retries``).
+DEFAULT_S3_RETRY_MODE = "adaptive"
+DEFAULT_S3_MAX_ATTEMPTS = 10
 
 
 class SourceNotFound(ColdpressError, FileNotFoundError):
@@ -46,11 +51,32 @@ def _protocol(url: str) -> str:
     return protocol or "file"
 
 
+def s3_retries() -> dict[str, Any]:
+    """botocore's retry settings for S3: ``{"mode": ..., "max_attempts": ...}``.
+
+    Mode from ``$AWS_RETRY_MODE`` (``standard``, ``adaptive`` or ``legacy``; default ``adaptive``: the
+    standard mode plus client-side rate limiting, which is what throttling stores need), attempts from
+    ``$AWS_MAX_ATTEMPTS`` (default 10): the AWS SDKs' own variables, so one setting serves every tool.
+    """
+    mode = os.environ.get("AWS_RETRY_MODE", DEFAULT_S3_RETRY_MODE).strip().lower()
+    if mode not in ("standard", "adaptive", "legacy"):
+        raise ColdpressError(f"AWS_RETRY_MODE={mode!r} is not a botocore retry mode; set standard, adaptive or legacy")
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS", str(DEFAULT_S3_MAX_ATTEMPTS)).strip()
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise ColdpressError(f"AWS_MAX_ATTEMPTS={attempts!r} is not a positive whole number; set e.g. 10")
+    return {"mode": mode, "max_attempts": int(attempts)}
+
+
 def _with_s3_endpoint(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """``storage_options`` plus the endpoint from the environment for S3 URLs that name none."""
+    """``storage_options`` plus, for S3 URLs, the endpoint from the environment when they name none,
+    and botocore's retry settings (``s3_retries``) when they give none."""
     options = dict(storage_options or {})
     if _protocol(url) not in _S3_PROTOCOLS:
         return options
+    config_kwargs = dict(options.get("config_kwargs") or {})
+    if "retries" not in config_kwargs:
+        config_kwargs["retries"] = s3_retries()
+        options["config_kwargs"] = config_kwargs
     client_kwargs = dict(options.get("client_kwargs") or {})
     if options.get("endpoint_url") or client_kwargs.get("endpoint_url"):
         return options

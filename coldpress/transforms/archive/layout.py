@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import fsspec
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
@@ -50,6 +49,8 @@ DEFAULT_ROWS_PER_SHARD = 10_000
 DEFAULT_BYTES_PER_SHARD = 256 << 20
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d+)\.parquet$")
 
+from coldpress.transforms.sources import filesystem_for  # noqa: E402 - after the constants it does not use
+
 Rows = Iterable[Mapping[str, Any]] | pa.Table | pa.RecordBatch
 
 
@@ -59,7 +60,9 @@ def _resolve(dst: Any, storage_options: Mapping[str, Any] | None, filesystem: An
     if filesystem is not None:
         root = filesystem._strip_protocol(dst)
     else:
-        filesystem, root = fsspec.core.url_to_fs(dst, **dict(storage_options or {}))
+        # sources.filesystem_for: the same S3 endpoint ($COLDPRESS_S3_ENDPOINT_URL) and retry settings
+        # as every other part of coldpress
+        filesystem, root = filesystem_for(dst, dict(storage_options or {}))
     root = root.rstrip("/") or root
     return filesystem, root
 
