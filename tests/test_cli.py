@@ -159,6 +159,30 @@ def test_encode_report_prints_one_line_per_image(tmp_path, capsys):
     assert int(total.split()[2]) == sum(len(r["bitstream"]) for r in rows.values())
 
 
+def test_encode_report_compares_with_avif_half_at_the_same_bytes(tmp_path, capsys):
+    from coldpress.codec import get_codec
+    from coldpress.metrics import psnr
+    from coldpress.transforms.read import decode_input
+
+    src = make_tree(tmp_path / "src", bad=False)
+    rc, out, _ = encode(capsys, src, tmp_path / "archive", "--report", "--compare", "avif-half")
+    assert rc == 0
+    lines = out.splitlines()
+    assert "avif-half PSNR at same B" in lines[0]
+    avif = get_codec("avif-half")
+    for row in open_archive(tmp_path / "archive").read().to_pylist():
+        fields = next(line for line in lines if line.startswith(row["id"] + " ")).split()
+        image = decode_input((src / row["id"]).read_bytes(), row["id"]).pixels
+        budget = len(row["bitstream"])
+        try:
+            ref = avif.encode(image, bpp=(budget + 0.5) * 8 / (row["width"] * row["height"])).bitstream
+        except Exception:  # noqa: BLE001 - avif-half cannot go that low
+            assert fields[7] == "-"
+            continue
+        assert len(ref) <= budget and fields[8] == f"({len(ref)}"
+        assert float(fields[7]) == pytest.approx(psnr(image, avif.decode(ref)), abs=0.01)
+
+
 def test_strict_exits_2_when_anything_is_rejected(tmp_path, capsys):
     rc, out, err = encode(capsys, make_tree(tmp_path / "src"), tmp_path / "archive", "--strict")
     assert rc == 2
