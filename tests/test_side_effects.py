@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-
 SCRIPT = textwrap.dedent("""
     import os, stat, sys
     calls = []

@@ -26,7 +26,6 @@ device in practice; the fixed-point hyper path makes the entropy decoding itself
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 

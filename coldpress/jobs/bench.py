@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from coldpress.transforms.sources import IMAGE_SUFFIXES
+from coldpress.versions import coldpress_version
 
 DEFAULT_RD_CODECS = ("learned", "avif", "avif-half", "avif-quarter", "webp", "jpeg")
 DEFAULT_BPPS = (0.03, 0.05, 0.1)
@@ -505,7 +506,7 @@ def run_rd(args: argparse.Namespace) -> int:
     _write_csv(out / "bd.csv", BD_FIELDS, _bd_rows(bd))
     report = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "coldpress_version": _version(),
+        "coldpress_version": coldpress_version(),
         "folder": str(folder.resolve()),
         "images": [name for name, _ in images],
         "skipped_images": skipped_images,
@@ -646,7 +647,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         "peak_rss": "peak resident memory of this process and every process it started (engine workers, a "
                     "local Ray instance's workers), sampled every 0.1 s",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "coldpress_version": _version(), "folder": str(folder), "images": [p.name for p in images],
+        "coldpress_version": coldpress_version(), "folder": str(folder), "images": [p.name for p in images],
         "cpu_count": os.cpu_count(), "engine": args.engine, "engine_options": extra,
         "note": "seconds are wall-clock for the whole job, start-up included (a Beam job on FnApiRunner "
                 "starts one worker process per core, each importing torch and the codecs)",
@@ -758,15 +759,6 @@ def _size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("coldpress")
-    except Exception:  # noqa: BLE001 - run from a source tree
-        return "unknown"
-
-
 # -- bench speed -----------------------------------------------------------------------------------
 
 
@@ -855,7 +847,7 @@ def run_speed(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "coldpress_version": _version(), "torch_version": torch.__version__,
+        "coldpress_version": coldpress_version(), "torch_version": torch.__version__,
         "codec": codec.describe(), "device": device, "device_name": device_name,
         "width": w, "height": h, "image": source, "repeat": args.repeat, "warmup": args.warmup,
     }

@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Sequence
 
 from coldpress.errors import ColdpressError
+from coldpress.versions import coldpress_version
 
 #: Subcommand modules under coldpress/jobs/, in the order ``--help`` lists them.
 SUBCOMMANDS = (
@@ -34,15 +35,6 @@ SUBCOMMANDS = (
 )
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("coldpress")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (e.g. run from a source tree)
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coldpress",
@@ -52,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
             "AWS environment variables and config files."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"coldpress {_version()}")
+    parser.add_argument("--version", action="version", version=f"coldpress {coldpress_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"coldpress.jobs.{name}")

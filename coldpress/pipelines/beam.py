@@ -87,6 +87,7 @@ from coldpress.transforms.plan import (
 )
 from coldpress.transforms.records import decode_record, process_input, restored_names, unreadable_row, write_image
 from coldpress.transforms.schema import ROW_GROUP_ROWS
+from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for, list_sources, read_bytes
 
 ENGINE = "beam"
@@ -504,7 +505,8 @@ class _DecodeAndWrite(beam.DoFn):
             write_image(pixels, target, self._fmt, self._storage_options)
         except Exception as exc:  # noqa: BLE001 - sorted below: a bad row is reported, a bad destination stops
             reason = restore_failure(exc)
-            if reason is None:
+            if reason is None:  # the destination or the environment, not the row: fail the job
+                raise_if_environmental(exc, f"restoring {rid!r} into {self._dst}")
                 raise
             yield beam.pvalue.TaggedOutput(FAILED, (rid, reason))
             return

@@ -143,10 +143,11 @@ def restore_local(
                     target = join_destination(dst, names[rid])
                     write_image(pixels, target, fmt, storage_options)
                     written.append((rid, target))
-                except (ColdpressError, ValueError, OSError, SyntaxError) as exc:
+                except Exception as exc:  # noqa: BLE001 - sorted: a bad row is listed, anything else stops
                     reason = restore_failure(exc)
-                    if reason is None:
-                        raise  # the destination, not the row: stop
+                    if reason is None:  # the destination or the environment, not the row: stop
+                        raise_if_environmental(exc, f"restoring {rid!r} into {dst}")
+                        raise
                     failures.append((rid, reason))
                 bar.update()
     if failures:

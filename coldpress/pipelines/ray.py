@@ -422,8 +422,8 @@ class _Decoder:
                 path = target
             except Exception as exc:  # noqa: BLE001 - classified: a bad row, or a bad destination
                 reason = restore_failure(exc)
-                if reason is None:
-                    fatal = f"{type(exc).__name__}: {exc}"
+                if reason is None:  # the destination or the environment (a full disk, a lost GPU): stop
+                    fatal = environment_cause(exc) or f"{type(exc).__name__}: {exc}"
                 else:
                     error = reason
             out["id"].append(row["id"])

@@ -48,8 +48,6 @@ import posixpath
 import re
 import unicodedata
 from datetime import datetime, timezone
-from functools import lru_cache
-from importlib import metadata as importlib_metadata
 from typing import Any, Mapping
 
 import numpy as np
@@ -62,6 +60,7 @@ from coldpress.errors import BitstreamError, ColdpressError, EnvironmentFault, I
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
 from coldpress.transforms.sources import filesystem_for, record_id
+from coldpress.versions import coldpress_version, installed_version
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +84,6 @@ _ATOMIC_PUT_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl",
 
 
 # -- versions -------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _installed_version(dist: str) -> str:
-    try:
-        return importlib_metadata.version(dist)
-    except importlib_metadata.PackageNotFoundError:
-        return ""
-
-
-def coldpress_version() -> str:
-    """The installed coldpress version ("0+unknown" when run from an uninstalled tree)."""
-    return _installed_version("coldpress") or "0+unknown"
 
 
 def codec_version(codec: Codec) -> str:
@@ -190,7 +178,7 @@ def encode_record(
         "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str),
         "coldpress_version": coldpress_version(),
         "codec_version": codec_version(codec),
-        "torch_version": _installed_version("torch"),
+        "torch_version": installed_version("torch"),
         "device_class": str(codec.device_class),
         "created_at": _now(),
     }

@@ -22,7 +22,6 @@ at most temporary files behind and never a partial file under a final name.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import os
 import posixpath
 import re
@@ -34,7 +33,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from coldpress.errors import ArchiveError
+from coldpress.errors import ArchiveError, ColdpressError, EnvironmentFault
 
 #: The layout this coldpress writes (the names of the side files). 1: manifest.json and
 #: rejected.parquet beside the shards; 2: _manifest.json and _rejected/rejected.parquet.
@@ -249,7 +248,15 @@ def _makedirs(fs: Any, root: str) -> None:
         pass
 
 
-def _corrupt(fs: Any, path: str, exc: BaseException) -> ArchiveError:
+def _corrupt(fs: Any, path: str, exc: BaseException) -> ColdpressError:
+    """The error of a shard that cannot be read: a damaged file (ArchiveError), unless reading it
+    failed for the environment (a lost connection, expired credentials, an I/O error of the disk),
+    which says so (EnvironmentFault) instead of calling an intact file damaged."""
+    from coldpress.transforms.faults import environment_cause
+
+    cause = environment_cause(exc)
+    if cause is not None:
+        return EnvironmentFault(f"could not read {_display(fs, path)}: {cause}; the file itself may be intact")
     return ArchiveError(
         f"{_display(fs, path)} cannot be read as Parquet ({type(exc).__name__}: {exc}). The file is "
         "probably truncated (an interrupted copy or upload) or corrupted. Restore it from a good copy; "
@@ -261,8 +268,3 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def _coldpress_version() -> str:
-    try:
-        return importlib.metadata.version("coldpress")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

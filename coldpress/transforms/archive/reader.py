@@ -15,12 +15,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from coldpress.errors import ArchiveError
+from coldpress.versions import coldpress_version
 from coldpress.transforms.archive.layout import (
     ARCHIVE_LAYOUT,
     MANIFEST_NAME,
     REJECTED_NAME,
     SideFiles,
-    _coldpress_version,
     _corrupt,
     _display,
     _Entry,
@@ -301,7 +301,7 @@ def open_archive(path: Any, storage_options: Mapping[str, Any] | None = None, *,
         if isinstance(found, str) and found.startswith("archive/"):
             raise ArchiveError(
                 f"{_display(fs, root)} is a coldpress archive in format {found!r}, which this coldpress "
-                f"({_coldpress_version()}) cannot read (it reads {ARCHIVE_FORMAT!r}); upgrade coldpress"
+                f"({coldpress_version()}) cannot read (it reads {ARCHIVE_FORMAT!r}); upgrade coldpress"
             )
         raise ArchiveError(
             f"{_display(fs, f'{root}/{side.manifest}')} is not a coldpress manifest (format={found!r}); "
@@ -311,7 +311,7 @@ def open_archive(path: Any, storage_options: Mapping[str, Any] | None = None, *,
     if isinstance(layout, int) and layout > ARCHIVE_LAYOUT:
         raise ArchiveError(
             f"{_display(fs, root)} is a coldpress archive of layout {layout}, which this coldpress "
-            f"({_coldpress_version()}) cannot read (it reads layouts 1 to {ARCHIVE_LAYOUT}); upgrade coldpress"
+            f"({coldpress_version()}) cannot read (it reads layouts 1 to {ARCHIVE_LAYOUT}); upgrade coldpress"
         )
     return Archive(fs, root, shards, manifest, side)
 

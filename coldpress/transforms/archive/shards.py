@@ -10,13 +10,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from coldpress.errors import ArchiveError
+from coldpress.versions import coldpress_version
 from coldpress.transforms.archive.layout import (
     _SHARD_RE,
     DEFAULT_SHARD_PREFIX,
     REJECTED_NAME,
     Rows,
     _atomic_write,
-    _coldpress_version,
     _corrupt,
     _display,
     _Entry,
@@ -149,7 +149,7 @@ def _check_format(fs: Any, path: str, schema_metadata: Mapping[bytes, bytes] | N
         )
     if found != expected:
         raise ArchiveError(
-            f"{where} is in coldpress format {found!r}, which this coldpress ({_coldpress_version()}) "
+            f"{where} is in coldpress format {found!r}, which this coldpress ({coldpress_version()}) "
             f"cannot read (it reads {expected!r}); upgrade coldpress"
         )
     schema = REJECTED_SCHEMA if kind == "rejected" else ARCHIVE_SCHEMA

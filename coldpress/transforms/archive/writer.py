@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coldpress.errors import ArchiveError
+from coldpress.versions import coldpress_version
 from coldpress.transforms.archive.layout import (
     _SHARD_RE,
     ARCHIVE_LAYOUT,
@@ -20,7 +21,6 @@ from coldpress.transforms.archive.layout import (
     LEGACY_MANIFEST_NAME,
     LEGACY_REJECTED_NAME,
     REJECTED_NAME,
-    _coldpress_version,
     _display,
     _exists,
     _list_dir,
@@ -241,7 +241,7 @@ class ArchiveWriter:
                 "archived": self.archived,
                 "rejected": self.rejected,
                 "shards_written": [s["name"] for s in self._written],
-                "coldpress_version": extra.get("coldpress_version") or _coldpress_version(),
+                "coldpress_version": extra.get("coldpress_version") or coldpress_version(),
                 "pyarrow_version": pa.__version__,
             }
         )
