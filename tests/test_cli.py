@@ -105,7 +105,7 @@ def test_subcommands_are_registered(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("encode", "restore", "inspect", "verify"):
+    for name in ("encode", "restore", "inspect", "verify", "upgrade"):
         assert name in SUBCOMMANDS and name in out
 
 
