@@ -16,8 +16,8 @@ is interpolated, the interpolants are integrated over the interval where both cu
 and the mean difference is reported. Interpolation here is piecewise cubic Hermite (PCHIP,
 ``scipy.interpolate.PchipInterpolator``), the variant current test conditions recommend: unlike the
 original single cubic polynomial it never overshoots between points and works from two points per
-curve. When scipy is not installed, the original method is used: ``numpy.polyfit`` of degree
-``min(3, points - 1)``. ``BD_METHOD`` names the method in use.
+curve. It gives the JVET CTC spreadsheet's values (tests/test_metrics.py compares with the
+``bjontegaard`` package, which reproduces that spreadsheet). ``BD_METHOD`` names the method.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 #: PSNR reported for identical images (and the ceiling of any PSNR), in dB.
 PSNR_CAP_DB = 100.0
@@ -34,13 +35,8 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: Size of the Gaussian window of MS-SSIM, in pixels.
 MS_SSIM_WINDOW = 11
 
-try:  # scipy gives the PCHIP variant; without it, the original cubic polynomial fit is used
-    from scipy.interpolate import PchipInterpolator as _Pchip
-except ImportError:  # pragma: no cover - scipy is installed with the project's dependencies
-    _Pchip = None
-
-#: The Bjøntegaard interpolation in use: "pchip" (scipy) or "polyfit" (numpy, cubic).
-BD_METHOD = "pchip" if _Pchip is not None else "polyfit"
+#: The Bjøntegaard interpolation: piecewise cubic Hermite (scipy's PchipInterpolator).
+BD_METHOD = "pchip"
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,10 +168,7 @@ def _strictly_increasing(x: np.ndarray, which: str, axis: str) -> None:
 
 def _mean_over(x: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
     """Mean over [lo, hi] of the curve through (x, y) (x strictly increasing), as BD_METHOD interpolates it."""
-    if _Pchip is not None:
-        return float(_Pchip(x, y).integrate(lo, hi)) / (hi - lo)
-    poly = np.polyint(np.polyfit(x, y, min(3, x.size - 1)))
-    return float(np.polyval(poly, hi) - np.polyval(poly, lo)) / (hi - lo)
+    return float(PchipInterpolator(x, y).integrate(lo, hi)) / (hi - lo)
 
 
 def _overlap(xa: np.ndarray, xt: np.ndarray, axis: str) -> tuple[float, float]:

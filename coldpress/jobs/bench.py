@@ -372,8 +372,7 @@ def bjontegaard(summary: list[dict[str, Any]], codecs: list[str], anchors=BD_ANC
             results[codec] = entry
         against[anchor] = {"available": True, "results": results}
     return {
-        "method": metrics.BD_METHOD + (" (scipy.interpolate.PchipInterpolator)" if metrics.BD_METHOD == "pchip"
-                                       else " (numpy.polyfit, cubic)"),
+        "method": metrics.BD_METHOD + " (scipy.interpolate.PchipInterpolator)",
         "rate": "mean achieved bpp over the images (log-scaled)",
         "quality": {
             "psnr": "mean PSNR over the images, dB",
