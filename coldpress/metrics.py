@@ -1,7 +1,10 @@
 """Image quality and rate-distortion metrics: PSNR, MS-SSIM, Bjøntegaard delta rate and delta PSNR.
 
-- ``psnr(a, b)``: peak signal-to-noise ratio of two uint8 images in dB, over all channels, capped
-  at ``PSNR_CAP_DB`` (identical images have an infinite PSNR; the cap keeps means and plots finite).
+- ``psnr(a, b)``: peak signal-to-noise ratio of two uint8 images in dB over their colour channels
+  (the alpha of LA and RGBA images, stored losslessly by every codec, is left out), capped at
+  ``PSNR_CAP_DB`` (identical images have an infinite PSNR; the cap keeps means and plots finite).
+  The one PSNR of coldpress: archive rows, reports and benchmarks all use it.
+- ``psnr_from_mse(mse, peak)``: the same formula on a mean squared error (training logs).
 - ``ms_ssim(a, b)``: multi-scale SSIM (Wang et al. 2003) computed by ``pytorch_msssim`` with
   ``data_range=255``, 11-tap Gaussian window (sigma 1.5) and the standard five scale weights. An
   image whose smaller side is 160 px or less cannot be downsampled four times with an 11-px window,
@@ -28,8 +31,9 @@ from typing import Sequence
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-#: PSNR reported for identical images (and the ceiling of any PSNR), in dB.
-PSNR_CAP_DB = 100.0
+#: PSNR reported for identical images (and the ceiling of any PSNR), in dB: the ``psnr`` column of an
+#: archive row holds 99.0 for an exact reconstruction (docs/FORMAT.md).
+PSNR_CAP_DB = 99.0
 #: The standard MS-SSIM scale weights, finest scale first (Wang et al. 2003).
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: Size of the Gaussian window of MS-SSIM, in pixels.
@@ -50,13 +54,26 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP_DB) -> float:
-    """PSNR of two uint8 images of the same shape, in dB (peak 255, all channels), at most ``cap``."""
-    a, b = _check_pair(a, b)
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse == 0.0:
+def _colour(a: np.ndarray) -> np.ndarray:
+    """The colour channels of an image array: L of LA, RGB of RGBA, everything else as it is."""
+    if a.ndim == 3 and a.shape[2] in (2, 4):
+        return a[:, :, : a.shape[2] - 1]
+    return a
+
+
+def psnr_from_mse(mse: float, peak: float = 255.0, cap: float = PSNR_CAP_DB) -> float:
+    """``10 log10(peak^2 / mse)`` in dB, at most ``cap`` (and ``cap`` for a zero error)."""
+    if mse <= 0.0:
         return float(cap)
-    return float(min(cap, 10.0 * math.log10(255.0**2 / mse)))
+    return float(min(cap, 10.0 * math.log10(peak**2 / mse)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, cap: float = PSNR_CAP_DB) -> float:
+    """PSNR of two uint8 images of the same shape, in dB (peak 255, colour channels: alpha is left
+    out), at most ``cap``."""
+    a, b = _check_pair(a, b)
+    a, b = _colour(a), _colour(b)
+    return psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)), 255.0, cap)
 
 
 def ms_ssim_scales(height: int, width: int, window: int = MS_SSIM_WINDOW) -> int:

@@ -30,6 +30,7 @@ from coldpress.pipelines.beam import (
     make_pipeline,
     pipeline_options,
     restore_beam,
+    restore_outcome,
 )
 from coldpress.pipelines.local import encode_local, restore_local, verify_local
 from coldpress.transforms.archive import open_archive, write_shard
@@ -309,6 +310,16 @@ def test_restore_writes_the_local_engines_files(archive, tmp_path):
     with pytest.raises(ArchiveError, match="nope.png"):
         restore_beam(archive, tmp_path / "absent", ids=["a.png", "nope.png"], pipeline_args=IN_PROCESS)
     assert not (tmp_path / "absent").exists()  # refused before anything was written
+
+
+def test_restore_reports_what_was_restored_not_what_was_planned():
+    """The launcher's result comes from the pipeline's own report: an id the runner neither restored
+    nor failed (a lost element) is a failure, never a path said to exist."""
+    report = {"restored": [["b.png", "/dst/b.png"], ["a.png", "/dst/a.png"]], "failures": [["c.png", "damaged"]]}
+    written, failures = restore_outcome(report, ["a.png", "b.png", "c.png", "d.png"])
+    assert written == ["/dst/a.png", "/dst/b.png"]
+    assert failures[0] == ("c.png", "damaged")
+    assert [rid for rid, _ in failures[1:]] == ["d.png"] and "without restoring" in failures[1][1]
 
 
 def test_restore_skips_a_corrupt_row_writes_the_others_and_says_which(archive, tmp_path):

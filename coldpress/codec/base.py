@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import io
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,6 +27,14 @@ from PIL import Image
 from coldpress.codec import container
 from coldpress.codec.container import Bitstream
 from coldpress.errors import BitstreamError, ModelMismatchError, RateUnreachableError
+
+
+def check_bpp(bpp: Any) -> float:
+    """``bpp`` as a float when it is a finite positive number (not a bool or a string), else
+    ValueError saying what to pass: the one check of a target rate, for every codec, engine and job."""
+    if isinstance(bpp, bool) or not isinstance(bpp, numbers.Real) or not (math.isfinite(bpp) and bpp > 0):
+        raise ValueError(f"bpp must be a positive number of bits per pixel, got {bpp!r}; pass e.g. 0.05 (--bpp 0.05)")
+    return float(bpp)
 
 
 def image_mode(image: np.ndarray) -> str:
@@ -113,8 +123,7 @@ class Codec(abc.ABC):
     # -- the public contract -------------------------------------------------------------------
     def encode(self, image: np.ndarray, bpp: float) -> EncodeResult:
         """Encode one image at or below ``bpp`` bits per pixel (container bytes included)."""
-        if not bpp > 0:
-            raise ValueError(f"target bpp must be positive, got {bpp}")
+        bpp = check_bpp(bpp)
         mode = image_mode(image)
         h, w = image.shape[:2]
         rgb, alpha = split_alpha(image)

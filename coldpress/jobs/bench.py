@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coldpress.transforms.sources import IMAGE_SUFFIXES
+from coldpress.transforms.sources import IMAGE_SUFFIXES, read_rgb
 from coldpress.versions import coldpress_version
 
 DEFAULT_RD_CODECS = ("learned", "avif", "avif-half", "avif-quarter", "webp", "jpeg")
@@ -210,16 +210,9 @@ def _load_codec(name: str, args: argparse.Namespace):
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    from coldpress.transforms.sources import list_images
 
-
-def _read_rgb(path: Path):
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return [Path(uri) for uri in list_images(str(folder))]
 
 
 def _needed_bpp(message: str) -> float | None:
@@ -466,7 +459,7 @@ def run_rd(args: argparse.Namespace) -> int:
     images, skipped_images = [], {}
     for p in paths:
         try:
-            images.append((p.name, _read_rgb(p)))
+            images.append((p.name, read_rgb(str(p))))
         except Exception as exc:  # noqa: BLE001 - an unreadable file is reported and left out
             skipped_images[p.name] = f"{type(exc).__name__}: {exc}"
             _note(f"skipping {p.name}: it does not open as an image ({exc})")

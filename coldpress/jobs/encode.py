@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import sys
 from typing import Any
 
@@ -22,13 +21,12 @@ SHOWN_REJECTIONS = 20
 
 
 def _bpp(text: str) -> float:
+    from coldpress.codec.base import check_bpp
+
     try:
-        value = float(text)
+        return check_bpp(float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass bits per pixel, e.g. 0.05") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of bits per pixel; pass e.g. 0.05")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bits per pixel; pass e.g. 0.05") from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

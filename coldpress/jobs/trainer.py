@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import os
@@ -14,26 +13,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from coldpress.codec.networks import ExtremeCodecNet, NetConfig
 from coldpress.jobs.train import DEFAULT_DATA
-
-def list_images(folders: list[str]) -> list[str]:
-    """Image files under each folder (local path or fsspec URL), in ``list_sources`` order."""
-    from coldpress.transforms.sources import IMAGE_SUFFIXES, list_sources
-
-    return [uri for folder in folders for uri, key in list_sources(folder) if key.lower().endswith(IMAGE_SUFFIXES)]
-
-
-def read_rgb(uri: str) -> np.ndarray:
-    """The image at ``uri`` (local path or fsspec URL) as uint8 RGB."""
-    from coldpress.transforms.sources import read_bytes
-
-    return np.asarray(Image.open(io.BytesIO(read_bytes(uri))).convert("RGB"))
-
+from coldpress.metrics import psnr_from_mse
+from coldpress.transforms.sources import list_images, read_rgb
 
 def load_images(paths: list[str], min_side: int, device: torch.device) -> list[torch.Tensor]:
     """Decode every image into a uint8 (3,H,W) tensor on ``device``; skip those smaller than a crop."""
@@ -107,7 +92,7 @@ def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: 
             x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
             mse = float(((x_hat * 255).round() / 255 - x).pow(2).mean())
             bpps.append(float(bits) / (h * w))
-            psnrs.append(10 * math.log10(1 / max(mse, 1e-10)))
+            psnrs.append(psnr_from_mse(mse, peak=1.0))
         results.append({"q": q, "bpp": sum(bpps) / len(bpps), "psnr": sum(psnrs) / len(psnrs)})
     model.train()
     return results
@@ -250,7 +235,7 @@ def train(args: argparse.Namespace) -> dict:
             n = acc["n"]
             mse = acc["mse"] / n
             row = [state["step"], round(state["seconds"] + now - t0, 1), acc["loss"] / n, acc["bpp"] / n, mse,
-                   10 * math.log10(1 / max(mse, 1e-10)), optimizer.param_groups[0]["lr"]]
+                   psnr_from_mse(mse, peak=1.0), optimizer.param_groups[0]["lr"]]
             log.writerow(row)
             log_file.flush()
             print("train: step {} t={}s loss={:.4f} bpp={:.4f} mse={:.5f} psnr={:.2f} lr={:g}".format(*row), flush=True)

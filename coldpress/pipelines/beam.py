@@ -62,7 +62,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from coldpress.codec.base import Codec
+from coldpress.codec.base import Codec, check_bpp
 from coldpress.codec.registry import rebuildable
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.errors import ArchiveError, ColdpressError
@@ -76,7 +76,6 @@ from coldpress.transforms.archive import (
     write_shard,
 )
 from coldpress.transforms.plan import (
-    check_bpp,
     check_strict,
     join_destination,
     plan_encode,
@@ -635,14 +634,13 @@ def restore_beam(
     else:
         wanted = sorted(set(ids))
         arch.read(ids=wanted, columns=["id"])  # ArchiveError listing the absent ids, before any work
-    names = restored_names(wanted, fmt)
     report = join_destination(dst, f".coldpress-restore-{uuid.uuid4().hex}.json")
     with make_pipeline(options) as p:
         restored = p | "Restore the images" >> RestoreImages(archive, ids, dst, fmt=fmt, storage_options=storage_options)
-        counted = restored[RESTORED] | "Count the restored images" >> beam.combiners.Count.Globally()
+        written_files = restored[RESTORED] | "Gather the files written" >> beam.combiners.ToList()
         _ = (restored[FAILED]
              | "Gather the failures" >> beam.combiners.ToList()
-             | "Report them to the launcher" >> beam.Map(_write_report, beam.pvalue.AsSingleton(counted),
+             | "Report both to the launcher" >> beam.Map(_write_report, beam.pvalue.AsSingleton(written_files),
                                                          report=report, storage_options=storage_options))
     report_fs, report_path = filesystem_for(report, storage_options)
     try:
@@ -652,18 +650,29 @@ def restore_beam(
             report_fs.rm(report_path)
         except FileNotFoundError:
             pass
-    failures = [(rid, reason) for rid, reason in result["failures"]]
-    failed = {rid for rid, _ in failures}
-    written = [join_destination(dst, names[rid]) for rid in wanted if rid not in failed]
+    written, failures = restore_outcome(result, wanted)
     if failures:
         raise restore_failures_error(sorted(failures), len(wanted), len(written), archive, dst)
     return written
 
 
-def _write_report(failures: list[tuple[str, str]], restored: int, *, report: str,
+def restore_outcome(report: Mapping[str, Any], wanted: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(paths written sorted by id, failures) from the pipeline's report: what was restored, not what
+    was planned. A wanted id the report lists neither as restored nor as failed (elements a runner
+    lost) is a failure, never a file the caller is told exists."""
+    failures = [(str(rid), str(reason)) for rid, reason in report["failures"]]
+    restored = {str(rid): str(path) for rid, path in report["restored"]}
+    unaccounted = sorted(set(wanted) - set(restored) - {rid for rid, _ in failures})
+    failures += [(rid, "the Beam job finished without restoring this image or reporting why; run the restore "
+                  "again") for rid in unaccounted]
+    return [restored[rid] for rid in sorted(restored)], failures
+
+
+def _write_report(failures: list[tuple[str, str]], restored: list[tuple[str, str]], *, report: str,
                   storage_options: Mapping[str, Any] | None) -> None:
+    """The restore's outcome for the launcher: the (id, path) of every file written, every failure."""
     fs, path = filesystem_for(report, dict(storage_options or {}) or None)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, json.dumps({"restored": restored, "failures": sorted(failures)}).encode())
+    fs.pipe_file(path, json.dumps({"restored": sorted(restored), "failures": sorted(failures)}).encode())

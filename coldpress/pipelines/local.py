@@ -18,12 +18,11 @@ from typing import Any, Iterable, Mapping
 
 from tqdm import tqdm
 
-from coldpress.codec.base import Codec
+from coldpress.codec.base import Codec, check_bpp
 from coldpress.errors import ColdpressError
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, ArchiveWriter, open_archive
 from coldpress.transforms.plan import (
-    check_bpp,
     check_strict,
     join_destination,
     plan_encode,

@@ -59,7 +59,7 @@ from ray.data import ActorPoolStrategy, DataContext
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
-from coldpress.codec.base import Codec
+from coldpress.codec.base import Codec, check_bpp
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.errors import ArchiveError, ColdpressError, EnvironmentFault
 from coldpress.transforms.archive import (
@@ -70,7 +70,6 @@ from coldpress.transforms.archive import (
     write_shard,
 )
 from coldpress.transforms.plan import (
-    check_bpp,
     check_strict,
     join_destination,
     plan_encode,

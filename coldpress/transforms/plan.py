@@ -9,9 +9,8 @@ the per-input transforms (``coldpress.transforms.records``) over this plan.
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from coldpress.codec import get_codec
@@ -32,13 +31,6 @@ def resolve_codec(codec: str | Codec, **options: Any) -> Codec:
         raise ColdpressError(f"{exc} (pass it as --codec NAME)") from None
 
 
-def check_bpp(bpp: Any) -> float:
-    """``bpp`` as a float, or ValueError saying what to pass."""
-    if isinstance(bpp, bool) or not isinstance(bpp, (int, float)) or not (bpp > 0 and math.isfinite(bpp)):
-        raise ValueError(f"bpp must be a positive number, got {bpp!r}; pass e.g. bpp=0.05")
-    return float(bpp)
-
-
 def _url(fs: Any, path: str, original: str) -> str:
     """``path`` on ``fs`` in the form list_sources records URIs: absolute local path, or full URL."""
     if "://" not in str(original) and "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
@@ -56,7 +48,6 @@ class EncodePlan:
     sources: list[tuple[str, str]]
     todo: list[tuple[str, str]]
     skipped: int
-    done: set[str] = field(default_factory=set, repr=False)
 
 
 def plan_encode(src: str, dst: str, storage_options: Mapping[str, Any] | None = None, *,
@@ -89,7 +80,7 @@ def plan_encode(src: str, dst: str, storage_options: Mapping[str, Any] | None = 
         except InputRejected:
             pass  # process_input rejects it with the reason
         todo.append((uri, key))
-    return EncodePlan(src=src, dst=dst, dst_fs=dst_fs, sources=sources, todo=todo, skipped=skipped, done=done)
+    return EncodePlan(src=src, dst=dst, dst_fs=dst_fs, sources=sources, todo=todo, skipped=skipped)
 
 
 def run_manifest(engine: str, plan: EncodePlan, codec: Codec, bpp: float, *, resume: bool, strict: bool,

@@ -42,7 +42,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import posixpath
 import re
@@ -54,18 +53,19 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from coldpress.codec.base import Codec, image_mode
+from coldpress.codec.base import Codec, check_bpp, image_mode
 from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import BitstreamError, ColdpressError, EnvironmentFault, InputRejected
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
 from coldpress.transforms.sources import filesystem_for, record_id
+from coldpress.metrics import PSNR_CAP_DB, psnr
 from coldpress.versions import coldpress_version, installed_version
 
 log = logging.getLogger(__name__)
 
 #: PSNR recorded for an exact reconstruction (and the cap of any higher value).
-PSNR_CAP = 99.0
+PSNR_CAP = PSNR_CAP_DB
 
 #: Output formats of restored images: name -> (Pillow format, file extension, keeps alpha).
 OUTPUT_FORMATS: dict[str, tuple[str, str, bool]] = {
@@ -101,25 +101,6 @@ def codec_version(codec: Codec) -> str:
 def pixels_sha256(pixels: np.ndarray) -> str:
     """sha256 (hex) of an image array's bytes in C order: the ``recon_sha256`` of a row."""
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-
-
-def _colour(pixels: np.ndarray) -> np.ndarray:
-    mode = image_mode(pixels)
-    if mode == "LA":
-        return pixels[:, :, :1]
-    if mode == "RGBA":
-        return pixels[:, :, :3]
-    return pixels
-
-
-def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
-    """PSNR in dB of the colour channels of ``decoded`` against ``reference``, capped at PSNR_CAP."""
-    a = _colour(reference).astype(np.float64)
-    b = _colour(decoded).astype(np.float64)
-    mse = float(np.mean((a - b) ** 2))
-    if mse == 0.0:
-        return PSNR_CAP
-    return float(min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse)))
 
 
 def _now() -> datetime:
@@ -224,12 +205,7 @@ def process_input(
     input's: it raises EnvironmentFault and stops the job. A bad ``bpp`` (a job setting, not an
     input) raises ValueError.
     """
-    try:
-        valid_bpp = not isinstance(bpp, bool) and math.isfinite(float(bpp)) and float(bpp) > 0
-    except (TypeError, ValueError):
-        valid_bpp = False
-    if not valid_bpp:
-        raise ValueError(f"bpp must be a positive number, got {bpp!r}; pass e.g. --bpp 0.05")
+    bpp = check_bpp(bpp)
     if isinstance(data_or_exc, BaseException):
         return "rejected", unreadable_row(key, uri, data_or_exc)
     try:

@@ -201,3 +201,24 @@ def record_id(key: str) -> str:
     if not parts:
         raise InputRejected(f"source key {raw!r} is empty after normalization; pass the file's path relative to SRC")
     return "/".join(parts)
+
+
+def list_images(folders: list[str] | str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """URIs of the image files (by name: ``IMAGE_SUFFIXES``) under each folder, in ``list_sources``
+    order: what training and benchmarks read (archiving reads every file instead)."""
+    if isinstance(folders, (str, os.PathLike)):
+        folders = [folders]
+    return [uri for folder in folders for uri, key in list_sources(str(folder), storage_options)
+            if key.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def read_rgb(uri: str, storage_options: dict[str, Any] | None = None):
+    """The image at ``uri`` (local path or fsspec URL) as a uint8 RGB array, for training and
+    benchmarks (archiving goes through ``transforms.read`` and its checks)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(read_bytes(uri, storage_options))) as im:
+        return np.asarray(im.convert("RGB"))
