@@ -49,3 +49,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     from coldpress.metrics import psnr as coldpress_psnr
 
     return coldpress_psnr(a, b)
+
+
+def model_file(folder, model_id: str = "test-model-file"):
+    """A learned model given as a file, not in the registry: the shipped default's weights saved
+    under another model id (what `coldpress train --export-to DIR` gives a user)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from coldpress.codec.models import load_model
+
+    source = load_model(None).path
+    with safe_open(str(source), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["model_id"] = model_id
+    path = Path(folder) / f"{model_id}.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    return path

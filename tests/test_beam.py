@@ -182,6 +182,19 @@ def test_learned_codec_bitstreams_are_identical_across_engines(tmp_path):
     assert set(bitstreams["beam"]) == {"img0.png", "img1.png"}
 
 
+def test_a_model_given_as_a_file_reaches_the_workers(tmp_path):
+    from synthetic_images import model_file
+
+    path = model_file(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(64, 96, "RGB", seed=31)).save(src / "im.png")
+    manifest = encode_beam(src, tmp_path / "beam", codec="learned", bpp=0.3, pipeline_args=IN_PROCESS,
+                           codec_options={"model": str(path), "scale_search": False})
+    assert manifest["archived"] == 1 and manifest["rejected"] == 0, manifest
+    assert rows_by_id(str(tmp_path / "beam"))["im.png"]["model_id"] == "test-model-file"
+
+
 def test_one_model_shared_across_processes_gives_the_same_rows(tmp_path):
     """large_model: RunInference hosts one codec per machine (multi_process_shared) and every batch is
     a round trip to it; the rows must not change."""

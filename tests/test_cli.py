@@ -510,3 +510,20 @@ def test_inspect_an_archive_where_everything_was_rejected(tmp_path, capsys):
     assert "images       0 in 0 shard(s)" in out and "rejected     4" in out
     rc, out, _ = run_cli(capsys, "verify", tmp_path / "archive")
     assert rc == 0 and "verified 0 image(s)" in out
+
+
+def test_encode_takes_a_model_file_and_refuses_learned_options_for_other_codecs(tmp_path, capsys):
+    from coldpress.codec.models import default_model_available
+    from synthetic_images import model_file
+
+    if not default_model_available():
+        pytest.skip("no learned model bundled")
+    path = model_file(tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(64, 96, "RGB", seed=32)).save(src / "im.png")
+    assert main(["encode", str(src), str(tmp_path / "a"), "--bpp", "0.3", "--model", str(path),
+                 "--no-scale-search", "--quiet"]) == 0
+    assert open_archive(str(tmp_path / "a")).read().to_pylist()[0]["model_id"] == "test-model-file"
+    assert main(["encode", str(src), str(tmp_path / "b"), "--bpp", "0.3", "--codec", "jpeg", "--tile", "512"]) == 1
+    assert "--tile only apply to --codec learned" in capsys.readouterr().err

@@ -123,6 +123,28 @@ def test_learned_codec_bitstreams_match_the_local_engine(tmp_path):
     assert _bitstreams(tmp_path / "ray") == _bitstreams(tmp_path / "local")
 
 
+def test_a_model_given_as_a_file_and_codec_options_reach_the_actors(tmp_path):
+    """--model path/to/model.safetensors on Ray (the actors got the model's id and failed to find it)."""
+    from coldpress.codec import get_codec
+    from coldpress.codec.models import default_model_available
+    from coldpress.pipelines.ray import _codec_spec
+    from synthetic_images import model_file
+
+    if not default_model_available():
+        pytest.skip("no learned model bundled")
+    path = model_file(tmp_path)
+    src = tmp_path / "src"
+    _save(src / "im.png", natural_image(64, 96, seed=30))
+    manifest = encode_ray(src, tmp_path / "ray", codec="learned", bpp=0.3, progress=False, num_actors=1,
+                          codec_options={"model": str(path), "scale_search": False})
+    assert manifest["archived"] == 1 and manifest["rejected"] == 0, manifest
+    row = open_archive(str(tmp_path / "ray")).read().to_pylist()[0]
+    assert row["model_id"] == "test-model-file"
+    name, options = _codec_spec(get_codec("learned", model=str(path), tile=512, scale_search=False, device="cpu"))
+    assert (name, options) == ("learned", {"model": str(path.resolve()), "tile": 512, "scale_search": False,
+                                           "device": "cpu"})
+
+
 def test_restore_matches_the_local_engine(ray_archive, tmp_path):
     dst, _ = ray_archive
     paths = restore_ray(dst, tmp_path / "ray", progress=False, batch_size=3)
