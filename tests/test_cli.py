@@ -527,3 +527,26 @@ def test_encode_takes_a_model_file_and_refuses_learned_options_for_other_codecs(
     assert open_archive(str(tmp_path / "a")).read().to_pylist()[0]["model_id"] == "test-model-file"
     assert main(["encode", str(src), str(tmp_path / "b"), "--bpp", "0.3", "--codec", "jpeg", "--tile", "512"]) == 1
     assert "--tile only apply to --codec learned" in capsys.readouterr().err
+
+
+def test_an_archive_made_with_a_model_file_restores_and_verifies_with_its_folder(tmp_path, capsys, monkeypatch):
+    from coldpress.codec.models import MODELS_PATH_ENV, default_model_available
+    from synthetic_images import model_file
+
+    if not default_model_available():
+        pytest.skip("no learned model bundled")
+    monkeypatch.delenv(MODELS_PATH_ENV, raising=False)
+    models = tmp_path / "models"
+    models.mkdir()
+    path = model_file(models, "my-own-model")
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(64, 96, "RGB", seed=33)).save(src / "im.png")
+    assert main(["encode", str(src), str(tmp_path / "a"), "--bpp", "0.3", "--model", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["restore", str(tmp_path / "a"), str(tmp_path / "r1"), "--all", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "my-own-model" in err and "COLDPRESS_MODELS" in err
+    assert main(["restore", str(tmp_path / "a"), str(tmp_path / "r2"), "--all", "--quiet", "--models", str(models)]) == 0
+    assert (tmp_path / "r2" / "im.png").exists()
+    assert main(["verify", str(tmp_path / "a"), "--models", str(models)]) == 0

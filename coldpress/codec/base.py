@@ -191,8 +191,9 @@ class Codec(abc.ABC):
             raise ModelMismatchError(
                 f"this bitstream needs model {b.model_id!r} (weights {b.weights_hash.hex() or 'none'}), "
                 f"but codec {self.name!r} has model {self.model_id!r} (weights "
-                f"{self.weights_hash.hex() or 'none'}) loaded; install or point coldpress at model "
-                f"{b.model_id!r} to decode it"
+                f"{self.weights_hash.hex() or 'none'}) loaded; to decode it, install the coldpress version "
+                f"that ships {b.model_id!r}, or put its weights file {b.model_id}.safetensors in a folder "
+                "named by $COLDPRESS_MODELS (or pass --models DIR)"
             )
 
     @classmethod

@@ -134,9 +134,11 @@ class LearnedCodec(Codec):
 
     @classmethod
     def known_models(cls) -> list[str]:
-        from coldpress.codec.models import registry
+        """Shipped models, then models given as files in the folders of $COLDPRESS_MODELS."""
+        from coldpress.codec.models import model_files, registry
 
-        return list(registry()["models"])
+        shipped = list(registry()["models"])
+        return shipped + [m for m in model_files() if m not in shipped]
 
     # -- network stages ------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ CONTEXT_PREFIX = "ctx_fixed."  # the context convolution of a checkerboard model
 PARAMS_PREFIX = "ep_fixed."  # its parameter network
 _FIXED_PREFIXES = (FIXED_PREFIX, CONTEXT_PREFIX, PARAMS_PREFIX)
 _CACHE: dict[tuple[str, str], "LoadedModel"] = {}
+#: Folders (separated by os.pathsep) holding exported models that are not shipped, one weights file
+#: ``<model id>.safetensors`` each: how bitstreams of a model given as a file find it at restore time.
+MODELS_PATH_ENV = "COLDPRESS_MODELS"
 #: Metadata key (weights file) and registry key holding a model's decode tiling.
 TILING_KEY = "decode_tiling"
 #: Decoder tile size for new exports, in pixels.
@@ -153,6 +157,16 @@ class LoadedModel:
                 "context": self.net.cfg.context}
 
 
+def model_files() -> dict[str, Path]:
+    """Weights files in the folders of ``$COLDPRESS_MODELS``, by model id (the file's stem; the first
+    folder that has one wins)."""
+    found: dict[str, Path] = {}
+    for folder in filter(None, os.environ.get(MODELS_PATH_ENV, "").split(os.pathsep)):
+        for path in sorted(Path(folder).glob("*.safetensors")):
+            found.setdefault(path.stem, path)
+    return found
+
+
 def _resolve(model: str | None) -> tuple[str, Path, str | None, dict]:
     """(model id, weights path, expected sha256 or None, registry entry) for a registry id or a file path."""
     reg = registry()
@@ -169,9 +183,12 @@ def _resolve(model: str | None) -> tuple[str, Path, str | None, dict]:
     path = Path(model)
     if path.suffix == ".safetensors" and path.exists():
         return "", path, None, {}
+    if model in model_files():
+        return "", model_files()[model], None, {}
     raise ColdpressError(
         f"unknown learned model {model!r}; shipped models: {', '.join(reg['models']) or 'none'}; "
-        "or pass the path of an exported .safetensors file"
+        f"pass the path of an exported .safetensors file, or name a folder holding {model}.safetensors "
+        f"in ${MODELS_PATH_ENV} (or --models DIR)"
     )
 
 

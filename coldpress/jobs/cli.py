@@ -85,6 +85,26 @@ def say(args: argparse.Namespace, message: str = "") -> None:
         print(message)
 
 
+def add_models_option(p: argparse.ArgumentParser) -> None:
+    """``--models DIR``: folders of exported models (not shipped) that bitstreams may need."""
+    p.add_argument("--models", action="append", metavar="DIR", default=None,
+                   help="folder holding exported learned models (<model id>.safetensors) that the archive's "
+                   "bitstreams name, when they are not shipped ones (repeatable; adds to $COLDPRESS_MODELS, "
+                   "which the engines' workers read)")
+
+
+def _use_model_folders(args: argparse.Namespace) -> None:
+    folders = getattr(args, "models", None)
+    if folders:
+        from coldpress.codec.models import MODELS_PATH_ENV
+
+        missing = [f for f in folders if not os.path.isdir(f)]
+        if missing:
+            raise ColdpressError(f"--models {missing[0]} is not a folder; pass the folder that holds the .safetensors files")
+        current = os.environ.get(MODELS_PATH_ENV)
+        os.environ[MODELS_PATH_ENV] = os.pathsep.join([os.path.abspath(f) for f in folders] + ([current] if current else []))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``coldpress`` command with ``argv`` (default: sys.argv[1:]); return the exit status."""
     # Deprecation notices of third-party imports (compressai scripts functions with torch.jit) say
@@ -93,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
+        _use_model_folders(args)
         return int(args._run(args) or 0)
     except ColdpressError as exc:
         print(f"coldpress {args.command}: error: {exc}", file=sys.stderr)

@@ -39,6 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=FORMATS, default=DEFAULT_RESTORE_FORMAT,
                    help=f"file format of the restored images (default: {DEFAULT_RESTORE_FORMAT}; jpeg drops alpha)")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
+    from coldpress.jobs.cli import add_models_option
+
+    add_models_option(p)
     add_beam_option(p)
     add_engine_options(p)
     service = p.add_argument_group("warm restore service (Ray)")

@@ -23,6 +23,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("archive", metavar="ARCHIVE", help="archive directory, local or URL (s3://bucket/archive)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    from coldpress.jobs.cli import add_models_option
+
+    add_models_option(p)
     return p
 
 
