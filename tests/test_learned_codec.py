@@ -271,3 +271,19 @@ def test_scale_search_keeps_the_better_reconstruction(codec, photo):
     quality = {s: psnr(photo, codec._reconstruct(p, {"q": q, "s": s}, w, h)) for s, p, q in fits}
     assert params["s"] in quality
     assert quality[params["s"]] >= max(quality.values()) - 0.05, (params, quality)
+
+
+def test_codec_instances_of_one_model_share_one_coder_lock_and_code_concurrently():
+    """compressai's coders belong to the cached model, shared by every codec instance of it: one lock
+    per model (a lock per instance let two instances use the same coder at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = get_codec("learned", device="cpu")
+    b = get_codec("learned", device="cpu", tile=512)
+    assert a is not b and a.loaded is b.loaded
+    assert a._lock is b._lock is a.loaded.coder_lock
+    images = [natural_image(64, 96, "RGB", seed=40 + i) for i in range(4)]
+    expected = [a.encode(img, 0.3).bitstream for img in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda iv: (a if iv[0] % 2 else b).encode(iv[1], 0.3).bitstream, enumerate(images)))
+    assert got == expected
