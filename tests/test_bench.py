@@ -157,7 +157,7 @@ def test_rd_bjontegaard_uses_complete_points_only(rd_run):
     # avif was not benchmarked: said, not crashed.
     assert not bd["against"]["avif"]["available"] and "not benchmarked" in bd["against"]["avif"]["reason"]
     bd_rows = _csv(rd_run / "bd.csv")
-    assert {(r["anchor"], r["codec"]) for r in bd_rows} == {("avif-half", "jpeg"), ("avif", "")}
+    assert {(r["anchor"], r["codec"]) for r in bd_rows} == {("avif-half", "jpeg"), ("avif-best", ""), ("avif", "")}
 
 
 def test_rd_without_a_learned_model_skips_it_with_a_note(folder, tmp_path, capsys):

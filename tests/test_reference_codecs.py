@@ -233,3 +233,66 @@ def test_kodak_avif_reaches_its_extreme_targets():
     decoded = get_codec("avif-half").decode(half.bitstream)
     assert decoded.shape == image.shape
     assert psnr(decoded, image) > 22.0
+
+
+# -- the strong anchors: avif-best and jpeg2000 -----------------------------------------------------
+@pytest.mark.parametrize("name, mode", [("avif-best", "L"), ("avif-best", "RGBA"), ("jpeg2000", "L"),
+                                        ("jpeg2000", "RGB"), ("jpeg2000", "RGBA")])
+def test_strong_anchors_round_trip_within_the_budget_deterministically(name, mode):
+    image = natural_image(96, 128, mode, seed=2)
+    codec = get_codec(name)
+    bpp = 1.8 if mode == "RGBA" else 0.5
+    result = codec.encode(image, bpp)
+    assert result.achieved_bpp <= bpp
+    assert codec.encode(image, bpp).bitstream == result.bitstream
+    decoded = codec.decode(result.bitstream)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    colour = slice(0, 3) if mode == "RGBA" else slice(None)
+    assert psnr(decoded[..., colour], image[..., colour]) > 22.0
+    assert set(container.unpack(result.bitstream).params) == ({"q", "f"} if name == "avif-best" else {"r"})
+
+
+def test_avif_best_keeps_the_scale_that_reconstructs_best(rgb):
+    """Every factor is fitted to the budget; the one kept has the highest PSNR (the search stops once
+    the quality falls, which must not cost the best one)."""
+    from coldpress.metrics import psnr as coldpress_psnr
+
+    codec = get_codec("avif-best")
+    budget = 400
+    payload, params = codec._encode_rgb(rgb, budget)
+    assert len(payload) <= budget
+    scores = {}
+    for factor in codec.factors:
+        fit, _ = codec._fit(rgb, factor, budget)
+        if fit is not None:
+            scores[tuple(fit[1]["f"])] = coldpress_psnr(rgb, codec._decode_rgb(fit[0], fit[1], 128, 96))
+    assert len(scores) >= 3
+    assert scores[tuple(params["f"])] == max(scores.values())
+    assert container.unpack(codec.encode(rgb, 0.3).bitstream).params["f"] != [1, 1]  # low rates downscale
+
+
+def test_jpeg2000_rate_control_fills_the_budget(rgb):
+    codec = get_codec("jpeg2000")
+    for budget in (300, 1000, 3000):
+        payload, params = codec._encode_rgb(rgb, budget)
+        assert len(payload) <= budget
+        image, _ = codec._prepare(rgb)
+        assert len(codec._save_j2k(image, params["r"] * 0.85)) > budget  # a clearly lower ratio overflows
+
+
+@pytest.mark.parametrize("name, params", [("avif-best", {"q": 10, "f": [3, 7]}), ("jpeg2000", None)])
+def test_strong_anchors_refuse_damaged_bitstreams(name, params, rgb):
+    codec = get_codec(name)
+    b = container.unpack(codec.encode(rgb, 0.4).bitstream)
+    if params is not None:
+        forged = container.pack(container.Bitstream(**{**b.__dict__, "params": params}))
+    else:
+        forged = container.pack(container.Bitstream(**{**b.__dict__, "payload": b.payload[: len(b.payload) // 2]}))
+    with pytest.raises(BitstreamError):
+        codec.decode(forged)
+
+
+@pytest.mark.parametrize("name", ["avif-best", "jpeg2000"])
+def test_strong_anchors_say_when_a_rate_is_unreachable(name, rgb):
+    with pytest.raises(RateUnreachableError, match="raise --bpp"):
+        get_codec(name).encode(rgb, 0.05)

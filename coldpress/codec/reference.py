@@ -241,3 +241,174 @@ class AvifQuarterCodec(AvifCodec):
     name = "avif-quarter"
     scale = 4
     lower_rate_hint = "raise --bpp"
+
+
+@register("avif-best")
+class AvifBestCodec(AvifCodec):
+    """AVIF tuned the way a careful user tunes it at extreme rates: libaom's slow preset (speed 2), and
+    the downscale factor chosen per image among 1, 2/3, 1/2, 1/3 and 1/4 by the quality (PSNR against
+    the original) each reaches within the byte budget, tried from the largest down until the quality
+    falls (it rises to one best scale and falls after it); the image is upscaled back on decode (Lanczos).
+
+    The strongest classical anchor, and the slowest: every scale is rate-controlled and decoded. Params
+    ``{"q": quality, "f": [num, den]}`` (the coded size is ``ceil(side * num / den)``).
+    """
+
+    name = "avif-best"
+    speed = 2
+    #: Downscale factors tried, largest first, as (numerator, denominator).
+    factors: ClassVar[tuple[tuple[int, int], ...]] = ((1, 1), (2, 3), (1, 2), (1, 3), (1, 4))
+    lower_rate_hint = "raise --bpp"
+
+    def coded_size(self, width: int, height: int, factor: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+        num, den = factor
+        return max(1, math.ceil(width * num / den)), max(1, math.ceil(height * num / den))
+
+    def _params_probe(self) -> dict[str, Any]:
+        return {"q": self.quality_range[1], "f": [2, 3]}
+
+    def _fit(self, rgb: np.ndarray, factor: tuple[int, int], max_payload_bytes: int):
+        h, w = rgb.shape[:2]
+        cw, ch = self.coded_size(w, h, factor)
+        grayscale = bool(np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2]))
+        image = Image.fromarray(rgb[:, :, 0] if grayscale else rgb, "L" if grayscale else "RGB")
+        if (cw, ch) != (w, h):
+            image = image.resize((cw, ch), _RESAMPLE)
+        options = self._save_options(grayscale)
+        lo, hi = self.quality_range
+        best = self._save(image, lo, options)
+        if len(best) > max_payload_bytes:
+            return None, len(best)
+        best_q, too_big = lo, hi + 1
+        while too_big - best_q > 1:
+            mid = (best_q + too_big) // 2
+            payload = self._save(image, mid, options)
+            if len(payload) <= max_payload_bytes:
+                best_q, best = mid, payload
+            else:
+                too_big = mid
+        return (best, {"q": best_q, "f": list(factor)}), len(best)
+
+    def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
+        from coldpress.metrics import psnr
+
+        h, w = rgb.shape[:2]
+        if max(w, h) > self.max_dimension:
+            raise InputRejected(f"{self.name} cannot code an image of {w}x{h} pixels (its limit is "
+                                f"{self.max_dimension} per side); tile the image before archiving")
+        best, best_psnr, smallest = None, -math.inf, None
+        for factor in self.factors:
+            fit, size = self._fit(rgb, factor, max_payload_bytes)
+            smallest = size if smallest is None else min(smallest, size)
+            if fit is None:
+                continue
+            quality = psnr(rgb, self._decode_rgb(fit[0], fit[1], w, h))
+            if quality > best_psnr:  # ties keep the larger scale
+                best, best_psnr = fit, quality
+            elif best is not None:
+                break  # quality falls as the scale shrinks past its best: smaller scales only lose more
+        if best is None:
+            raise _LowestQualityTooLarge(
+                f"{self.name} cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes at any of its "
+                f"scales: the smallest needs {smallest}; {self.lower_rate_hint}",
+                needed_payload_bytes=smallest, max_payload_bytes=max_payload_bytes)
+        return best
+
+    def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
+        factor = params.get("f")
+        if not (isinstance(factor, list) and tuple(factor) in self.factors):
+            raise BitstreamError(f"this {self.name} bitstream has an invalid scale factor {factor!r}; it is "
+                                 "corrupted: restore it from the archive or a replica")
+        return _decode_pillow(self, payload, "AVIF", self.coded_size(width, height, tuple(factor)), width, height)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "scale": "per image: " + ", ".join(f"{n}/{d}" for n, d in self.factors),
+                "speed": self.speed}
+
+
+@register("jpeg2000")
+class Jpeg2000Codec(PillowCodec):
+    """JPEG 2000 (OpenJPEG through Pillow): irreversible 9/7 wavelet, rate mode; rate control searches the
+    compression ratio for the largest codestream that fits the budget. The format remote sensing uses
+    (Sentinel-2 ships it). Params ``{"r": ratio}``."""
+
+    name = "jpeg2000"
+    pil_format = "JPEG2000"
+    max_dimension = 65535
+    codes_grayscale = True
+    lower_rate_hint = "raise --bpp"
+    #: Compression ratios searched (log-bisection between them), and the search's steps.
+    ratio_range: ClassVar[tuple[float, float]] = (2.0, 20000.0)
+    search_steps: ClassVar[int] = 14
+
+    def _params_probe(self) -> dict[str, Any]:
+        return {"r": 12345.678}
+
+    def _options(self, image: Image.Image, ratio: float) -> dict[str, Any]:
+        levels = max(1, min(6, int(math.log2(max(1, min(image.size)))) - 1))
+        return {"quality_mode": "rates", "quality_layers": [ratio], "irreversible": True, "no_jp2": True,
+                "num_resolutions": levels}
+
+    def _save_j2k(self, image: Image.Image, ratio: float) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG2000", **self._options(image, ratio))
+        return buf.getvalue()
+
+    def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
+        h, w = rgb.shape[:2]
+        image, _ = self._prepare(rgb)
+        lo, hi = (math.log(r) for r in self.ratio_range)
+        smallest = self._save_j2k(image, math.exp(hi))
+        if len(smallest) > max_payload_bytes:
+            raise _LowestQualityTooLarge(
+                f"{self.name} cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes: its "
+                f"highest compression needs {len(smallest)}; {self.lower_rate_hint}",
+                needed_payload_bytes=len(smallest), max_payload_bytes=max_payload_bytes)
+        best, best_ratio = smallest, math.exp(hi)
+        for _ in range(self.search_steps):  # the smallest ratio (best quality) whose codestream fits
+            mid = (lo + hi) / 2
+            ratio = round(math.exp(mid), 3)
+            payload = self._save_j2k(image, ratio)
+            if len(payload) <= max_payload_bytes:
+                best, best_ratio, hi = payload, ratio, mid
+            else:
+                lo = mid
+        return best, {"r": round(best_ratio, 3)}
+
+    def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
+        return _decode_pillow(self, payload, "JPEG2000", self.coded_size(width, height), width, height)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "openjpeg": _openjpeg_version()}
+
+
+def _openjpeg_version() -> str:
+    from PIL import features
+
+    return str(features.version("jpg_2000") or "")
+
+
+def _decode_pillow(codec: Codec, payload: bytes, pil_format: str, expected: tuple[int, int], width: int,
+                   height: int) -> np.ndarray:
+    """Decode a payload of ``pil_format`` holding an ``expected``-sized image, resized to width x height."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(payload), formats=[pil_format])
+            if image.size != expected:
+                raise BitstreamError(
+                    f"the {codec.name} payload holds a {image.size[0]}x{image.size[1]} image where the header of "
+                    f"this {width}x{height} bitstream needs {expected[0]}x{expected[1]}; the bitstream is "
+                    "corrupted, restore it from the archive or a replica")
+            image.load()
+            image = image.convert("RGB")
+    except BitstreamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, the payload does not decode
+        raise BitstreamError(
+            f"the {codec.name} payload of this bitstream does not decode as {pil_format} ({type(exc).__name__}: "
+            f"{exc}); the bitstream is corrupted, restore it from the archive or a replica, or re-encode the "
+            "source image") from None
+    if image.size != (width, height):
+        image = image.resize((width, height), _RESAMPLE)
+    return np.asarray(image, dtype=np.uint8)

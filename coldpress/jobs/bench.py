@@ -11,7 +11,7 @@ achieved rate, PSNR, MS-SSIM and encode/decode times. It writes to --out (defaul
                      counts of reached / unreachable / failed images, aggregate megapixels/s
     summary.json     the same, plus the run's settings, the codecs' identities and Bjøntegaard
                      deltas (BD-rate on PSNR and on MS-SSIM in dB, BD-PSNR) of every codec against
-                     avif-half and avif, with the points each curve used
+                     avif-half, avif-best and avif, with the points each curve used
     bd.csv           the Bjøntegaard deltas as a table
     rd.png           PSNR and MS-SSIM against achieved bpp, one line per codec
 
@@ -39,10 +39,10 @@ from typing import Any
 from coldpress.transforms.sources import IMAGE_SUFFIXES, read_rgb
 from coldpress.versions import coldpress_version
 
-DEFAULT_RD_CODECS = ("learned", "avif", "avif-half", "avif-quarter", "webp", "jpeg")
+DEFAULT_RD_CODECS = ("learned", "avif-best", "avif", "avif-half", "avif-quarter", "jpeg2000", "webp", "jpeg")
 DEFAULT_BPPS = (0.03, 0.05, 0.1)
 #: Codecs the Bjøntegaard deltas are computed against, the primary one first.
-BD_ANCHORS = ("avif-half", "avif")
+BD_ANCHORS = ("avif-half", "avif-best", "avif")
 PER_IMAGE_FIELDS = (
     "image", "width", "height", "codec", "target_bpp", "status", "achieved_bpp", "psnr", "ms_ssim",
     "encode_s", "decode_s", "encode_mp_s", "decode_mp_s", "needed_bpp", "params", "message",
