@@ -3,5 +3,6 @@
 #: Codec used when ``--codec`` is not given.
 DEFAULT_CODEC = "learned"
 
-#: File format of restored images when ``--format`` is not given.
-DEFAULT_RESTORE_FORMAT = "png"
+#: File format of restored images when ``--format`` is not given: "auto" is PNG for photos and a Cloud
+#: Optimized GeoTIFF for georeferenced rasters.
+DEFAULT_RESTORE_FORMAT = "auto"

@@ -11,7 +11,7 @@ from coldpress.jobs.encode import add_beam_option
 from coldpress.jobs.engines import add_engine_options, engine_kwargs
 
 #: Output formats offered by --format (restored_name/write_image accept these).
-FORMATS = ("png", "webp", "tiff", "bmp", "jpeg")
+FORMATS = ("auto", "geotiff", "cog", "png", "webp", "tiff", "bmp", "jpeg")
 #: Engines by name: (module, restore function with the signature of restore_local).
 ENGINES = {
     "local": ("coldpress.pipelines.local", "restore_local"),
@@ -37,7 +37,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="id of an image to restore (repeat for several); `coldpress inspect --ids` lists them")
     which.add_argument("--all", action="store_true", help="restore every image of the archive")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default=DEFAULT_RESTORE_FORMAT,
-                   help=f"file format of the restored images (default: {DEFAULT_RESTORE_FORMAT}; jpeg drops alpha)")
+                   help=f"file format of the restored images (default: {DEFAULT_RESTORE_FORMAT}: PNG for photos, a Cloud "
+                   "Optimized GeoTIFF for georeferenced rasters; geotiff/cog: COG for rasters; tiff: a plain GeoTIFF "
+                   "for rasters; png and the others: the 8-bit view of bands 1-3 of a raster; jpeg drops alpha)")
+    region = p.add_mutually_exclusive_group()
+    region.add_argument("--window", nargs=4, type=int, metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
+                        help="restore only this pixel window of each raster (decodes only the tiles it overlaps)")
+    region.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"),
+                        help="restore only this bounding box of each raster, in the raster's CRS or --bbox-crs")
+    p.add_argument("--bbox-crs", metavar="CRS", help="CRS of --bbox (e.g. EPSG:4326; default: the raster's own)")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
     from coldpress.jobs.cli import add_models_option
 
@@ -65,12 +73,23 @@ def run(args: argparse.Namespace) -> int:
         from coldpress.errors import ColdpressError
 
         raise ColdpressError("--stop-service applies to --service only; add --service")
+    from coldpress.errors import ColdpressError
+
+    region = None
+    if args.window:
+        region = {"window": tuple(args.window)}
+    elif args.bbox:
+        region = {"bbox": tuple(args.bbox), "bbox_crs": args.bbox_crs}
+    elif args.bbox_crs:
+        raise ColdpressError("--bbox-crs applies to --bbox only; add --bbox MINX MINY MAXX MAXY")
+    if region and args.engine != "local":
+        raise ColdpressError(f"--window and --bbox run on the local engine; drop --engine {args.engine}")
     module, function = ENGINES[args.engine]
     restore = getattr(importlib.import_module(module), function)
     paths = restore(
         args.archive, args.dst, ids=None if args.all else args.ids, fmt=args.fmt,
         storage_options=storage_options(args), progress=show_progress(args), **beam_kwargs(args),
-        **engine_kwargs(args, args.engine),
+        **engine_kwargs(args, args.engine), **({"region": region} if region else {}),
     )
     say(args, f"restored {len(paths)} image(s) to {args.dst}")
     return 0

@@ -35,8 +35,8 @@ from coldpress.transforms.records import (
     decode_record,
     pixels_sha256,
     process_input,
+    restore_record,
     restored_names,
-    write_image,
 )
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for, read_ahead
@@ -108,6 +108,7 @@ def restore_local(
     fmt: str = DEFAULT_RESTORE_FORMAT,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    region: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Decode images of ``archive`` into files under ``dst``; return the paths written, sorted by id.
 
@@ -116,7 +117,9 @@ def restore_local(
     are named from the ids (``restored_names``: folders kept, extension of ``fmt``). An image whose
     row does not decode is skipped, the others are written, then ArchiveError lists the failures.
     Ids whose names collide among those restored (``a.jpg`` and ``a.png`` both give ``a.png``) get a
-    short hash of the id added to their names.
+    short hash of the id added to their names. Rasters restore as GeoTIFF (``records.restore_record``:
+    fmt "auto", the default, writes a COG named .tif); ``region`` ({"window": (col, row, width,
+    height)} or {"bbox": (minx, miny, maxx, maxy), "bbox_crs": ...}) restores only that part of each.
     """
     archive, dst = str(archive), str(dst)
     fs, _ = filesystem_for(archive, storage_options)
@@ -138,9 +141,8 @@ def restore_local(
             for row in batch.to_pylist():
                 rid = row["id"]
                 try:
-                    pixels = decode_record(row)
-                    target = join_destination(dst, names[rid])
-                    write_image(pixels, target, fmt, storage_options)
+                    target = restore_record(row, join_destination(dst, names[rid]), fmt, storage_options,
+                                            region=region)
                     written.append((rid, target))
                 except Exception as exc:  # noqa: BLE001 - sorted: a bad row is listed, anything else stops
                     reason = restore_failure(exc)

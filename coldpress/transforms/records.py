@@ -11,20 +11,23 @@ source_uri         where the source was read from
 source_bytes       size of the source file
 source_sha256      sha256 (hex) of the source file's bytes
 width, height      size of the coded image (after EXIF orientation)
-mode               mode coded: L, LA, RGB or RGBA (see ``transforms/read.py`` for the policy)
-source_format      Pillow's name of the source format (PNG, JPEG, TIFF, ...)
-source_mode        Pillow's mode of the source (P, I;16, CMYK, ...)
+mode               mode coded: L, LA, RGB or RGBA (see ``transforms/read.py`` for the policy); RASTER
+                   for a geospatial raster (``transforms/raster.py``)
+source_format      Pillow's name of the source format (PNG, JPEG, TIFF, ...); GDAL's driver for rasters
+source_mode        Pillow's mode of the source (P, I;16, CMYK, ...); "<bands>x<dtype>" for rasters
 codec              codec name
 model_id           model identity ("" for reference codecs)
 weights_hash       first 8 bytes of the weights' sha256, hex ("" for reference codecs)
 target_bpp         the bits per pixel asked for
-achieved_bpp       8 * len(bitstream) / (width * height), container included
-bitstream          the coldpress container bytes
+achieved_bpp       8 * len(bitstream) / (width * height), container included (all bands of a raster)
+bitstream          the coldpress container bytes (a raster package, CPRT, for rasters)
 bitstream_sha256   sha256 (hex) of ``bitstream``, checked before every decode
 recon_sha256       sha256 (hex) of the decoded pixels' bytes (C order) when the row was written
 psnr               PSNR in dB of the decoded colour channels against the coded ones (alpha, stored
                    losslessly, is left out); 99.0 for an exact reconstruction
-metadata           JSON text: EXIF, orientation, ICC profile, conversions, codec rate parameters
+metadata           JSON text: EXIF, orientation, ICC profile, conversions, codec rate parameters; for
+                   rasters "raster" (CRS, transform, nodata, bands, tags: ``raster.raster_metadata``)
+                   and "quality" (RMSE and PSNR per band in the source's units)
 coldpress_version  version of coldpress that wrote the row
 codec_version      model id for learned codecs, else the codec's version or "pillow-<version>"
 torch_version      installed torch version ("" if none)
@@ -56,6 +59,7 @@ from PIL import Image
 from coldpress.codec.base import Codec, check_bpp, image_mode
 from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import BitstreamError, ColdpressError, EnvironmentFault, InputRejected
+from coldpress.transforms import raster
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
 from coldpress.transforms.sources import filesystem_for, record_id
@@ -76,7 +80,14 @@ OUTPUT_FORMATS: dict[str, tuple[str, str, bool]] = {
     "bmp": ("BMP", "bmp", False),  # Pillow reads 32-bit BMPs back as RGB
     "jpeg": ("JPEG", "jpg", False),
     "jpg": ("JPEG", "jpg", False),
+    # Rasters (mode RASTER) restore as a Cloud Optimized GeoTIFF with "auto", "geotiff" and "cog", as a
+    # plain tiled GeoTIFF with "tiff"; other formats get the 8-bit coded view of bands 1-3 (or 1).
+    # Photos restore as PNG with "auto" and as a Pillow TIFF with "geotiff" and "cog".
+    "auto": ("PNG", "png", True),
+    "geotiff": ("TIFF", "tif", True),
+    "cog": ("TIFF", "tif", True),
 }
+_RASTER_DRIVERS = {"auto": "COG", "geotiff": "COG", "cog": "COG", "tiff": "GTiff", "tif": "GTiff"}
 _SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}, "TIFF": {"compression": "tiff_deflate"}}
 
 # Filesystems whose single write is atomic by nature: an object appears whole or not at all.
@@ -117,7 +128,20 @@ def encode_record(
     RateUnreachableError when the codec cannot reach ``bpp``.
     """
     rid = record_id(key)
-    decoded = decode_input(data, uri, max_pixels=max_pixels)
+    if raster.is_raster(data):
+        return _raster_record(rid, uri, data, codec, bpp, max_pixels)
+    try:
+        decoded = decode_input(data, uri, max_pixels=max_pixels)
+    except InputRejected:
+        gdal_error = raster.gdal_open_error(data) if data and not raster.is_photo_format(data) else "not tried"
+        if gdal_error is None:  # Pillow cannot read it, GDAL can: archive it as a raster
+            return _raster_record(rid, uri, data, codec, bpp, max_pixels)
+        if raster.looks_like_raster_file(data):
+            raise InputRejected(
+                f"{uri}: neither Pillow nor GDAL can read this TIFF or JPEG 2000 file (GDAL: {gdal_error}); it is "
+                "truncated or corrupt: copy it again from its origin (gdalinfo shows what is wrong), or remove it from SRC"
+            ) from None
+        raise
     result = codec.encode(decoded.pixels, bpp)
     try:
         recon = codec.decode(result.bitstream)
@@ -156,6 +180,48 @@ def encode_record(
         "bitstream_sha256": hashlib.sha256(result.bitstream).hexdigest(),
         "recon_sha256": pixels_sha256(recon),
         "psnr": psnr(decoded.pixels, recon),
+        "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str),
+        "coldpress_version": coldpress_version(),
+        "codec_version": codec_version(codec),
+        "torch_version": installed_version("torch"),
+        "device_class": str(codec.device_class),
+        "created_at": _now(),
+    }
+
+
+def _raster_record(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, max_pixels: int) -> dict[str, Any]:
+    """The row of a geospatial raster (``transforms/raster.py``), verified on write tile by tile."""
+    enc = raster.encode_raster(data, uri, codec, bpp, max_pixels=max_pixels)
+    try:
+        raster.unpack_package(enc.package)
+    except Exception as exc:  # noqa: BLE001
+        raise InputRejected(
+            f"{uri}: verify-on-write failed: the raster package just written does not parse ({exc}); nothing was "
+            "archived for it. This is a coldpress fault: report it with this input, or archive it with another codec"
+        ) from None
+    meta = enc.metadata
+    metadata = {"raster": meta, "quality": enc.quality, "codec_params": enc.codec_params,
+                "source_format": meta["driver"], "bit_depth": np.dtype(meta["dtype"]).itemsize * 8}
+    described = codec.describe()
+    return {
+        "id": rid,
+        "source_uri": str(uri),
+        "source_bytes": len(data),
+        "source_sha256": hashlib.sha256(data).hexdigest(),
+        "width": enc.width,
+        "height": enc.height,
+        "mode": raster.RASTER_MODE,
+        "source_format": meta["driver"],
+        "source_mode": f"{meta['count']}x{meta['dtype']}",
+        "codec": codec.name,
+        "model_id": codec.model_id,
+        "weights_hash": str(described.get("weights_hash") or codec.weights_hash.hex()),
+        "target_bpp": float(bpp),
+        "achieved_bpp": 8.0 * len(enc.package) / (enc.width * enc.height),
+        "bitstream": enc.package,
+        "bitstream_sha256": hashlib.sha256(enc.package).hexdigest(),
+        "recon_sha256": enc.recon_sha256,
+        "psnr": float(enc.quality["psnr"]),
         "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str),
         "coldpress_version": coldpress_version(),
         "codec_version": codec_version(codec),
@@ -225,8 +291,8 @@ def process_input(
 
 
 # -- reading rows ---------------------------------------------------------------------------------
-def decode_record(row: Mapping[str, Any]) -> np.ndarray:
-    """The image of an archive row, after checking its bitstream against ``bitstream_sha256``."""
+def checked_bitstream(row: Mapping[str, Any]) -> bytes:
+    """The bitstream of an archive row, after checking it against ``bitstream_sha256``."""
     rid = row.get("id", "?")
     bitstream = row.get("bitstream")
     if bitstream is None:
@@ -243,7 +309,21 @@ def decode_record(row: Mapping[str, Any]) -> np.ndarray:
             f"{expected or 'none'}; restore the archive file from a replica or re-encode the source "
             f"{row.get('source_uri', '')}"
         )
-    pixels = decode_bitstream(bitstream)
+    return bitstream
+
+
+def is_raster_row(row: Mapping[str, Any]) -> bool:
+    """Whether a row holds a geospatial raster (mode RASTER, a raster package bitstream)."""
+    return row.get("mode") == raster.RASTER_MODE
+
+
+def decode_record(row: Mapping[str, Any]) -> np.ndarray:
+    """The image of an archive row, after checking its bitstream against ``bitstream_sha256``.
+
+    Rasters decode to (H, W, bands) arrays of the source's data type, nodata and masks applied."""
+    rid = row.get("id", "?")
+    bitstream = checked_bitstream(row)
+    pixels = raster.decode_package(bitstream) if raster.is_package(bitstream) else decode_bitstream(bitstream)
     width, height = row.get("width"), row.get("height")
     if width is not None and height is not None and pixels.shape[:2] != (int(height), int(width)):
         raise BitstreamError(
@@ -356,7 +436,11 @@ def write_image(
     same folder and renamed; on object stores (s3, gs, az, memory) one PUT is atomic by itself;
     on other filesystems it is written to a temporary name and moved.
     """
-    data = image_bytes(pixels, fmt)
+    return write_file_bytes(image_bytes(pixels, fmt), dst_uri, storage_options)
+
+
+def write_file_bytes(data: bytes, dst_uri: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Write ``data`` at ``dst_uri`` atomically (see ``write_image``); return its size."""
     fs, path = filesystem_for(dst_uri, storage_options)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if "file" in protocols or "local" in protocols:
@@ -395,3 +479,63 @@ def write_image(
             pass
         raise
     return len(data)
+
+
+# -- restoring rows, rasters included -------------------------------------------------------------
+def _with_extension(target: str, ext: str) -> str:
+    head, _, name = str(target).rpartition("/")
+    stem, dot, _old = name.rpartition(".")
+    name = f"{stem if dot and stem else name}.{ext}"
+    return f"{head}/{name}" if head else name
+
+
+def restore_record(
+    row: Mapping[str, Any],
+    target: str,
+    fmt: str = "auto",
+    storage_options: dict[str, Any] | None = None,
+    *,
+    region: Mapping[str, Any] | None = None,
+) -> str:
+    """Decode one archive row into the file ``target``; return the path written.
+
+    Photos: ``write_image`` in ``fmt`` ("auto": PNG). Rasters: with "auto", "geotiff" or "cog" a Cloud
+    Optimized GeoTIFF (the target's extension becomes .tif), with "tiff" a tiled GeoTIFF, both with the
+    source's CRS, transform, bands, dtype, nodata, descriptions and tags; other formats get the 8-bit
+    coded view of bands 1-3. ``region`` ({"window": (col, row, w, h)} or {"bbox": (minx, miny, maxx,
+    maxy), "bbox_crs": "EPSG:4326"}) restores only that part of a raster, georeferenced, decoding only
+    the tiles it overlaps.
+    """
+    fmt = str(fmt or "auto").lower()
+    if not is_raster_row(row):
+        if region:
+            raise ColdpressError(
+                f"{row.get('id')!r} is a photo, not a georeferenced raster: --window and --bbox restore regions "
+                "of rasters only; restore it whole (drop --window/--bbox)"
+            )
+        write_image(decode_record(row), target, fmt, storage_options)
+        return str(target)
+    bitstream = checked_bitstream(row)
+    pkg = raster.unpack_package(bitstream)
+    try:
+        meta = json.loads(row.get("metadata") or "{}")["raster"]
+    except (ValueError, KeyError, TypeError):
+        raise BitstreamError(
+            f"archive row {row.get('id')!r} holds a raster but its metadata lacks the 'raster' description "
+            "(CRS, transform); the row is damaged: re-encode the source"
+        ) from None
+    window = raster.resolve_window(meta, **dict(region)) if region else None
+    driver = _RASTER_DRIVERS.get(fmt)
+    if driver is None:
+        pixels, _ = raster.decode_region(pkg, window)
+        write_image(raster.coded_8bit(pixels, pkg.header), target, fmt, storage_options)
+        return str(target)
+    target = _with_extension(target, "tif")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="coldpress-restore-") as tmp:
+        local = os.path.join(tmp, "out.tif")
+        raster.write_raster(pkg, meta, local, driver=driver, window=window)
+        with open(local, "rb") as f:
+            write_file_bytes(f.read(), target, storage_options)
+    return str(target)
