@@ -309,3 +309,44 @@ def test_cli_engine_ray_and_service(src, tmp_path, capsys):
     assert (tmp_path / "one" / "gray.png").exists() and (tmp_path / "one" / "alpha.webp").exists()
     with pytest.raises(ColdpressError):
         RestoreService.connect(dst)
+
+
+def test_many_small_inputs_start_no_process_storm(tmp_path, ray_instance):
+    """600 small inputs: Ray runs one actor per CPU and a bounded number of I/O tasks, not one worker
+    process per block of reads (the old zero-CPU read tasks started dozens); every input once."""
+    import threading
+
+    import psutil
+
+    from coldpress.pipelines.ray import IO_TASK_CONCURRENCY
+
+    src = tmp_path / "src"
+    src.mkdir()
+    base = natural_image(64, 64, seed=1)
+    for i in range(600):
+        Image.fromarray(np.roll(base, i, axis=1)).save(src / f"{i:04d}.jpg", quality=80)
+    gcs = f"--gcs-address={ray_instance}"
+    peak, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            workers = 0
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = proc.info["cmdline"] or []
+                if gcs in cmdline and any(part.endswith("default_worker.py") for part in cmdline):
+                    workers += 1
+            peak[0] = max(peak[0], workers)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        manifest = encode_ray(src, tmp_path / "archive", codec="jpeg", bpp=2.0, progress=False)
+    finally:
+        stop.set()
+        watcher.join()
+    cpus = int(ray.cluster_resources()["CPU"])
+    assert manifest["ray_actors"] == cpus and manifest["ray_block_rows"] == 600 // (cpus * 4)
+    assert 1 <= peak[0] <= 2 * cpus + IO_TASK_CONCURRENCY, f"{peak[0]} Ray worker processes for {cpus} CPUs"
+    ids = _shard_ids(tmp_path / "archive")
+    assert sorted(ids) == [f"{i:04d}.jpg" for i in range(600)]  # every input exactly once

@@ -29,6 +29,29 @@ def _bpp(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bits per pixel; pass e.g. 0.05") from None
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; pass e.g. 2") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def local_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"workers": N}`` for the local engine when --workers was given; an error with another engine."""
+    from coldpress.errors import ColdpressError
+
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        return {}
+    if args.engine != "local":
+        raise ColdpressError(f"--workers applies to --engine local only (this run uses --engine {args.engine}); "
+                             "drop it (--actors sets the Ray engine's processes)")
+    return {"workers": workers}
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "encode",
@@ -58,6 +81,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
     add_beam_option(p)
     add_engine_options(p)
+    local = p.add_argument_group("local engine (--engine local)")
+    local.add_argument("--workers", type=_workers, default=None, metavar="N",
+                       help="encode processes (default: one per CPU core; one for --codec learned, whose threads "
+                       "use every core); the archive is the same for any N")
     p.add_argument("--strict", action="store_true", help="exit with status 2 when any input was rejected")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to add to an existing archive instead of skipping the inputs it already holds")
@@ -130,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = encode(
             args.src, args.dst, codec=args.codec, bpp=args.bpp, storage_options=options,
             resume=args.resume, strict=args.strict, progress=show_progress(args), **beam_kwargs(args),
-            **engine_kwargs(args, args.engine), **codec_kwargs(args),
+            **engine_kwargs(args, args.engine), **codec_kwargs(args), **local_kwargs(args),
         )
         strict_failure = None
     except RejectedInputs as exc:

@@ -53,7 +53,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                            help="CPUs per codec actor (default: a node's CPUs, at most 8, for the learned codec "
                            "without GPUs; else 1)")
     ray_group.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                           help="images per actor call (default: 4)")
+                           help="images per actor call (default: 4 with the learned codec, else 32)")
 
 
 def engine_kwargs(args: argparse.Namespace, engine: str) -> dict[str, Any]:

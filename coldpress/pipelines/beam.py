@@ -90,6 +90,10 @@ from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for, list_sources, read_bytes
 
 ENGINE = "beam"
+#: Planned inputs per part file of a run's input listing (``write_listing``).
+LISTING_PART_ROWS = 10_000
+#: Folder of the archive where a running encode keeps its input listing (removed when it ends).
+LISTING_DIR = "_inputs"
 #: The runner used when the pipeline options name none: in-process, nothing downloaded.
 DEFAULT_RUNNER = "FnApiRunner"
 #: Inputs per RunInference batch (a batch is one call of the model, or one round trip to a shared one).
@@ -220,12 +224,65 @@ class _ReadSource(beam.DoFn):
         yield key, uri, data
 
 
+class InputListing(tuple):
+    """The part files (URLs or paths) of a run's input listing, written by ``write_listing``: one
+    JSON ``[uri, key]`` per line. ``ReadImages`` reads them inside the pipeline, so the job graph
+    carries the part names (one per LISTING_PART_ROWS inputs), never the inputs themselves."""
+
+
+def write_listing(sources: Sequence[tuple[str, str]], dst: str, storage_options: Mapping[str, Any] | None = None,
+                  *, part_rows: int = LISTING_PART_ROWS) -> tuple[InputListing, str]:
+    """Write ``sources`` as the input listing of one run under ``dst/_inputs/<run>/``, where every
+    worker of the job reads the archive (any fsspec filesystem); returns (the listing, its folder,
+    to remove when the run ends). ``_inputs`` starts with ``_``: Parquet tools skip it."""
+    fs, root = filesystem_for(str(dst), dict(storage_options or {}) or None)
+    folder = f"{root.rstrip('/')}/{LISTING_DIR}/{uuid.uuid4().hex}"
+    fs.makedirs(folder, exist_ok=True)
+    parts = []
+    for n, start in enumerate(range(0, len(sources), part_rows)):
+        path = f"{folder}/part-{n:05d}.jsonl"
+        text = "".join(json.dumps([uri, key]) + "\n" for uri, key in sources[start:start + part_rows])
+        with fs.open(path, "wb") as f:
+            f.write(text.encode())
+        parts.append(fs.unstrip_protocol(path) if "://" in str(dst) else path)
+    return InputListing(parts), folder
+
+
+def remove_listing(folder: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Remove a run's listing folder (and ``_inputs`` when no other run's listing is left)."""
+    fs, _ = filesystem_for(str(dst), dict(storage_options or {}) or None)
+    try:
+        fs.rm(folder, recursive=True)
+        parent = folder.rsplit("/", 1)[0]
+        if not fs.ls(parent):
+            fs.rm(parent, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+class _ReadListing(beam.DoFn):
+    """A part file of an InputListing -> its (uri, key) pairs."""
+
+    def __init__(self, storage_options: Mapping[str, Any] | None) -> None:
+        self._storage_options = dict(storage_options or {}) or None
+
+    def process(self, part: str):
+        fs, path = filesystem_for(part, self._storage_options)
+        with fs.open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    uri, key = json.loads(line)
+                    yield str(uri), str(key)
+
+
 class ReadImages(beam.PTransform):
     """Read every file under a source: outputs ``images`` ((key, uri, bytes)) and ``rejected`` rows.
 
     ``src`` is a folder, a file or an fsspec URL (``s3://bucket/photos``), listed inside the
-    pipeline with ``sources.list_sources``; or the ``(uri, key)`` pairs of a plan
-    (``plan_encode(...).todo``), which the launcher has listed already. ``storage_options`` go to
+    pipeline with ``sources.list_sources``; an ``InputListing`` (``write_listing``: the launcher's
+    plan in files that the pipeline reads, what ``encode_beam`` uses); or the ``(uri, key)`` pairs
+    of a plan (``plan_encode(...).todo``), which then travel in the job graph (small jobs only:
+    about 100 bytes each, and Dataflow refuses graphs over 10 MB). ``storage_options`` go to
     fsspec (``{"client_kwargs": {"endpoint_url": ...}}``; S3 endpoints also come from
     ``COLDPRESS_S3_ENDPOINT_URL``/``AWS_ENDPOINT_URL`` on the workers). Files are not filtered by
     type: what is not an image is rejected by the encoder, with the reason.
@@ -233,7 +290,10 @@ class ReadImages(beam.PTransform):
 
     def __init__(self, src: str | Sequence[tuple[str, str]], storage_options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        self._src = src if isinstance(src, str) else [(str(u), str(k)) for u, k in src]
+        if isinstance(src, (str, InputListing)):
+            self._src = src
+        else:
+            self._src = [(str(u), str(k)) for u, k in src]
         self._storage_options = dict(storage_options or {}) or None
 
     def expand(self, pbegin):
@@ -241,6 +301,10 @@ class ReadImages(beam.PTransform):
             sources = (pbegin
                        | "Name the source" >> beam.Create([self._src])
                        | "List its files" >> beam.ParDo(_ListSources(self._storage_options)))
+        elif isinstance(self._src, InputListing):
+            sources = (pbegin
+                       | "Name the listing's parts" >> beam.Create(list(self._src), reshuffle=False)
+                       | "Read the listing" >> beam.ParDo(_ReadListing(self._storage_options)))
         else:
             sources = pbegin | "Take the planned files" >> beam.Create(self._src, reshuffle=False)
         return (sources
@@ -563,8 +627,10 @@ def encode_beam(
     The launcher plans the run (lists SRC, skips ids already archived: ``plan.plan_encode``) and
     checks the codec loads, then runs ReadImages -> EncodeImages -> WriteArchive on the runner of
     ``pipeline_args`` (default: FnApiRunner in this process, see ``pipeline_options``) and waits.
-    The planned inputs travel in the job graph (about 100 bytes each; on Dataflow, whose graphs are
-    limited to 10 MB, pass ``--experiments=upload_graph`` beyond ~50,000 inputs). ``progress`` is
+    The planned inputs do not travel in the job graph: the launcher writes them as an input listing
+    under ``DST/_inputs/`` (``write_listing``, JSON lines, 10,000 inputs per part file) that the
+    pipeline reads, and removes it when the job ends; the graph holds only the part names. The
+    launcher holds the plan itself (about 200 bytes per input). ``progress`` is
     accepted for the local engine's signature; the runner reports progress itself.
     """
     bpp = check_bpp(bpp)
@@ -589,21 +655,33 @@ def encode_beam(
         codec_options = {**the_codec.options(), **codec_options}
     else:
         codec_spec = the_codec
-    with make_pipeline(options) as p:
-        read = p | "Read the planned sources" >> ReadImages(plan.todo, storage_options)
-        encoded = read[IMAGES] | f"Encode at {bpp:g} bpp with {the_codec.name}" >> EncodeImages(
-            codec_spec, bpp, codec_options=codec_options, max_batch_size=max_batch_size,
-            large_model=large_model, model_copies=copies, torch_threads=threads)
-        rejected = (read[REJECTED], encoded[REJECTED]) | "Gather every rejection" >> beam.Flatten()
-        _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected}
-             | "Write the archive" >> WriteArchive(str(dst), storage_options, rows_per_shard=rows_per_shard,
-                                                   manifest_extra=extra, launched=launched))
+    listing, listing_folder = write_listing(plan.todo, str(dst), storage_options)
+    try:
+        _run_encode(options, listing, storage_options, the_codec, codec_spec, codec_options, bpp, max_batch_size,
+                    large_model, copies, threads, str(dst), rows_per_shard, extra, launched)
+    finally:
+        remove_listing(listing_folder, str(dst), storage_options)
     manifest = read_manifest(str(dst), filesystem=plan.dst_fs)
     if manifest is None:  # pragma: no cover - the pipeline succeeded, so its last step wrote it
         raise ArchiveError(f"the Beam job finished but {dst} has no manifest; run the job again (it resumes)")
     manifest.setdefault("launcher_elapsed_s", round(time.monotonic() - started, 3))
     check_strict(manifest, plan, strict)
     return manifest
+
+
+def _run_encode(options: PipelineOptions, listing: InputListing, storage_options: Mapping[str, Any] | None,
+                the_codec: Codec, codec_spec: str | Codec, codec_options: dict[str, Any], bpp: float,
+                max_batch_size: int, large_model: bool, copies: int | None, threads: int | None, dst: str,
+                rows_per_shard: int, extra: dict[str, Any], launched: float) -> None:
+    with make_pipeline(options) as p:
+        read = p | "Read the planned sources" >> ReadImages(listing, storage_options)
+        encoded = read[IMAGES] | f"Encode at {bpp:g} bpp with {the_codec.name}" >> EncodeImages(
+            codec_spec, bpp, codec_options=codec_options, max_batch_size=max_batch_size,
+            large_model=large_model, model_copies=copies, torch_threads=threads)
+        rejected = (read[REJECTED], encoded[REJECTED]) | "Gather every rejection" >> beam.Flatten()
+        _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected}
+             | "Write the archive" >> WriteArchive(dst, storage_options, rows_per_shard=rows_per_shard,
+                                                   manifest_extra=extra, launched=launched))
 
 
 def restore_beam(

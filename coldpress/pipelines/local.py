@@ -3,7 +3,11 @@
 It is the engine the CLI uses by default and the reference the distributed engines are compared
 with: it calls the same engine-neutral transforms (``coldpress.transforms``) and writes the same
 archive files. Sources are read a few at a time in background threads (object stores are slow to
-answer, local disks are not); decoding and encoding run one image at a time in the calling thread.
+answer, local disks are not). Encoding runs in ``workers`` processes (default: one per CPU core for
+the reference codecs; one for the learned codec, whose torch threads already use every core): each
+worker loads the codec once, reads and encodes chunks of inputs, and the calling process adds the
+rows to the archive in input order, so the archive (shards, their rows and order) is the one a
+single process writes.
 
     manifest = encode_local("photos/", "s3://bucket/archive", bpp=0.05)
     paths = restore_local("s3://bucket/archive", "restored/", ids=["2024/img_0001.jpg"])
@@ -12,14 +16,22 @@ answer, local disks are not); decoding and encoding run one image at a time in t
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import time
-from typing import Any, Iterable, Mapping
+from collections import deque
+from itertools import islice
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
 
 from coldpress.codec.base import Codec, check_bpp
-from coldpress.errors import ColdpressError
+from coldpress.codec.registry import rebuildable
+from coldpress.errors import ColdpressError, EnvironmentFault
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, ArchiveWriter, open_archive
 from coldpress.transforms.plan import (
@@ -44,12 +56,101 @@ from coldpress.transforms.sources import filesystem_for, read_ahead
 ENGINE = "local"
 #: Rows decoded per Parquet batch when restoring or verifying a whole archive.
 RESTORE_BATCH_ROWS = 16
+#: Inputs per task of an encode worker process, and tasks in flight per worker (bounds the memory
+#: of results waiting for an earlier, slower chunk).
+WORKER_CHUNK = 32
+WORKER_TASKS_AHEAD = 4
+
+
+def cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(codec: Codec) -> int:
+    """Encode processes when ``workers`` is not given: one per core, except for the learned codec
+    (one process: its torch threads use every core, and each process would hold its own model)."""
+    return 1 if codec.name == "learned" else cpu_count()
+
+
+# -- encode worker processes -----------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(codec: str | Codec, codec_options: dict[str, Any], bpp: float,
+                 storage_options: dict[str, Any] | None, threads: int) -> None:
+    if getattr(codec, "name", codec) == "learned":  # share the cores between the workers' torch threads
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    _WORKER.update(codec=resolve_codec(codec, **codec_options), bpp=bpp, storage_options=storage_options)
+
+
+def _encode_chunk(chunk: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """Read and encode one chunk of inputs in a worker: (status, row) per input, in order."""
+    codec, bpp, options = _WORKER["codec"], _WORKER["bpp"], _WORKER["storage_options"]
+    return [process_input(key, uri, data, codec, bpp) for uri, key, data in read_ahead(chunk, options)]
+
+
+class _WorkerPool:
+    """(status, row) for each input of ``todo``, in order, encoded by ``workers`` processes.
+
+    Workers are forked (they inherit the loaded modules: no second import of the codecs) except for
+    the learned codec, whose torch thread pools are not safe to fork: they are spawned. At most
+    ``workers * WORKER_TASKS_AHEAD`` chunks are in flight. ``close()`` stops the workers.
+    """
+
+    def __init__(self, todo: list[tuple[str, str]], codec: Codec, bpp: float,
+                 storage_options: Mapping[str, Any] | None, workers: int) -> None:
+        if rebuildable(codec):  # workers rebuild it from its name and options, not from a pickled model
+            spec: str | Codec = codec.name
+            options = dict(codec.options())
+        else:
+            spec, options = codec, {}
+        threads = max(1, cpu_count() // workers)
+        method = "fork" if codec.name != "learned" and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        self._chunks = (todo[i:i + WORKER_CHUNK] for i in range(0, len(todo), WORKER_CHUNK))
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                         initializer=_init_worker,
+                                         initargs=(spec, options, bpp, dict(storage_options or {}) or None, threads))
+        self._pending: deque = deque(self._pool.submit(_encode_chunk, c)
+                                     for c in islice(self._chunks, workers * WORKER_TASKS_AHEAD))
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            while self._pending:
+                results = self._pending.popleft().result()
+                for chunk in self._chunks:
+                    self._pending.append(self._pool.submit(_encode_chunk, chunk))
+                    break
+                yield from results
+        except BrokenProcessPool as exc:
+            raise EnvironmentFault(
+                f"an encode worker process died ({exc}); it was killed from outside, most often for lack of "
+                "memory: run the same command again with fewer --workers (the images archived so far are kept "
+                "and only the rest are encoded)"
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress(iterable: Iterable[Any] | None = None, *, total: int | None, desc: str, enabled: bool) -> tqdm:
     """A tqdm bar on stderr; hidden when ``enabled`` is false or stderr is not a terminal."""
     return tqdm(iterable, total=total, desc=desc, unit="img", disable=None if enabled else True,
                 file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+@contextmanager
+def _closing(pool: _WorkerPool | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def encode_local(
@@ -64,6 +165,7 @@ def encode_local(
     progress: bool = True,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     codec_options: Mapping[str, Any] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Encode every file under ``src`` into the archive ``dst``; return the archive's manifest.
 
@@ -75,19 +177,26 @@ def encode_local(
     an interrupted or extended job can be run again. With ``resume=False`` ``dst`` must not hold an
     archive yet. ``strict``: after the archive is written, raise RejectedInputs (its ``manifest``
     attribute holds the manifest) when any input was rejected. ``codec_options`` build the codec
-    (``get_codec(codec, **codec_options)``, e.g. ``{"model": "my-model.safetensors"}``).
+    (``get_codec(codec, **codec_options)``, e.g. ``{"model": "my-model.safetensors"}``). ``workers``:
+    encode processes (default ``default_workers``: one per CPU core, one for the learned codec); the
+    archive is the same for any number.
     """
     bpp = check_bpp(bpp)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a whole number of at least 1, got {workers!r}; pass e.g. 2")
     started = time.monotonic()
     the_codec = resolve_codec(codec, **dict(codec_options or {}))
     src, dst = str(src), str(dst)
     plan = plan_encode(src, dst, storage_options, resume=resume)
     todo = plan.todo
+    workers = min(workers or default_workers(the_codec), max(1, -(-len(todo) // WORKER_CHUNK)))
+    pool = _WorkerPool(todo, the_codec, bpp, storage_options, workers) if workers > 1 else None
+    results: Iterable[tuple[str, dict[str, Any]]] = pool if pool is not None else (
+        process_input(key, uri, data, the_codec, bpp) for uri, key, data in read_ahead(todo, storage_options))
 
-    with ArchiveWriter(dst, rows_per_shard=rows_per_shard, filesystem=plan.dst_fs) as writer:
+    with _closing(pool), ArchiveWriter(dst, rows_per_shard=rows_per_shard, filesystem=plan.dst_fs) as writer:
         with _progress(total=len(todo), desc=f"encoding ({the_codec.name} @ {bpp} bpp)", enabled=progress) as bar:
-            for uri, key, data in read_ahead(todo, storage_options):
-                status, row = process_input(key, uri, data, the_codec, bpp)
+            for status, row in results:
                 if status == "archived":
                     writer.add(row)
                 else:
@@ -95,7 +204,7 @@ def encode_local(
                 bar.set_postfix(archived=writer.archived, rejected=writer.rejected, refresh=False)
                 bar.update()
         manifest = writer.close(run_manifest(ENGINE, plan, the_codec, bpp, resume=resume, strict=strict,
-                                             elapsed_s=time.monotonic() - started))
+                                             elapsed_s=time.monotonic() - started, workers=workers))
     check_strict(manifest, plan, strict)
     return manifest
 

@@ -5,14 +5,20 @@ writes the same archive files; only the scheduling differs:
 
 encode
     The driver plans the run like every engine (``transforms.plan.plan_encode``: list SRC, skip the
-    ids already archived). Ray Data then runs three stages: *read* tasks fetch the raw bytes of a
-    few sources each (local disk or any fsspec URL; a source that cannot be read becomes a rejected
-    row, it never fails a task); *encode* actors (``compute=ActorPoolStrategy``) load the codec once,
-    keep it (on a GPU when they are given one) and run ``records.process_input`` on each input, so
-    images are decoded inside the stage and only bytes travel through the object store; a *write*
-    stage (``_ShardSink``, a Datasink) writes each write task's rows as one shard with the
+    ids already archived). Ray Data then runs two stages: *encode* actors
+    (``compute=ActorPoolStrategy``, one per CPU by default: never more processes than the cluster
+    has CPUs for them) load the codec once, keep it (on a GPU when they are given one), fetch the
+    raw bytes of each batch of sources in threads (local disk or any fsspec URL; a source that
+    cannot be read becomes a rejected row, it never fails a task) and run
+    ``records.process_input`` on each input, so only the (uri, key) pairs and the encoded rows
+    travel through the object store; a *write* stage (``_ShardSink``, a Datasink, at most
+    ``IO_TASK_CONCURRENCY`` tasks at once) writes each write task's rows as one shard with the
     foundation's ``write_shard`` (same schema, row groups, atomic rename). The driver then writes
-    the rejected table and the manifest once, through ``ArchiveWriter``.
+    the rejected table and the manifest once, through ``ArchiveWriter``. Inputs travel in blocks
+    of ``encode_block_rows`` (a few per actor for small jobs, up to ``MAX_BLOCK_ROWS`` for large
+    ones), so the per-block scheduling cost stays small next to the encoding at any count. (Reads
+    used to be zero-CPU tasks of their own, one per 4 inputs: at 20,000 inputs Ray started
+    hundreds of worker processes for them.)
 
     Shard names are deterministic: ``part-<base + task index>.parquet``, where ``base`` is the first
     free index when the run starts (``next_shard_index``) and the task index is the write task's
@@ -81,9 +87,7 @@ from coldpress.transforms.plan import (
 from coldpress.transforms.records import (
     decode_record,
     process_input,
-    rejected_row,
     restored_names,
-    unreadable_row,
     write_image,
 )
 from coldpress.transforms.faults import environment_cause
@@ -93,8 +97,18 @@ from coldpress.transforms.sources import filesystem_for, read_ahead
 ENGINE = "ray"
 log = logging.getLogger(__name__)
 
-#: Inputs per call of an encode actor, and rows per call of a decoder actor, when not given.
+#: Inputs per call of an encode actor, and rows per call of a decoder actor, when not given (the
+#: encode actors of a reference codec take REFERENCE_BATCH_SIZE: the learned codec's memory grows
+#: with its batch, theirs does not).
 DEFAULT_BATCH_SIZE = 4
+REFERENCE_BATCH_SIZE = 32
+#: Inputs per block of the encode stage: at most MAX_BLOCK_ROWS, and BLOCKS_PER_ACTOR blocks per
+#: actor at least (see ``encode_block_rows``).
+MAX_BLOCK_ROWS = 1024
+BLOCKS_PER_ACTOR = 4
+#: Read and write tasks (they reserve no CPU) running at once: bounded, so that they never start
+#: more worker processes than this.
+IO_TASK_CONCURRENCY = 4
 #: Ids whose rows one restore read task fetches.
 RESTORE_READ_ROWS = 32
 #: Most CPUs (torch threads) given to one learned-codec actor on a cluster without GPUs.
@@ -107,8 +121,6 @@ SERVICE_NAMESPACE = "coldpress"
 # The encode stage's output: archive columns (nullable: rejected rows fill only id, source_uri and
 # created_at) plus the rejection reason, null for archived rows.
 _ENCODED_SCHEMA = pa.schema([f.with_nullable(True) for f in ARCHIVE_SCHEMA] + [pa.field("reason", pa.string())])
-_READ_SCHEMA = pa.schema([("uri", pa.string()), ("key", pa.string()), ("data", pa.binary()),
-                          ("read_error", pa.string())])
 
 
 # -- Ray -------------------------------------------------------------------------------------------
@@ -205,39 +217,32 @@ def _threads_for(cpus: float) -> None:
 
 
 # -- encode ----------------------------------------------------------------------------------------
-def _read_sources(batch: pa.Table, storage_options: dict[str, Any] | None) -> pa.Table:
-    """Read stage: raw bytes of each (uri, key); a failed read keeps the rejection reason instead."""
-    sources = list(zip(batch.column("uri").to_pylist(), batch.column("key").to_pylist()))
-    out: dict[str, list] = {"uri": [], "key": [], "data": [], "read_error": []}
-    for uri, key, data in read_ahead(sources, storage_options):
-        out["uri"].append(uri)
-        out["key"].append(key)
-        if isinstance(data, BaseException):
-            out["data"].append(None)
-            out["read_error"].append(unreadable_row(key, uri, data)["reason"])
-        else:
-            out["data"].append(data)
-            out["read_error"].append(None)
-    return pa.table(out, schema=_READ_SCHEMA)
+def encode_block_rows(inputs: int, actors: int, batch: int) -> int:
+    """Inputs per block of the encode stage: enough blocks for every actor to get BLOCKS_PER_ACTOR
+    (small jobs spread over the pool), at most MAX_BLOCK_ROWS inputs each (large jobs: about 100
+    blocks per 100,000 inputs instead of one per batch), and never fewer than a batch."""
+    spread = math.ceil(inputs / max(1, actors * BLOCKS_PER_ACTOR))
+    return max(batch, min(MAX_BLOCK_ROWS, spread))
 
 
 class _Encoder:
-    """Encode stage: one codec per actor, loaded once; every input becomes an archived or rejected row."""
+    """Encode stage: one codec per actor, loaded once; each batch of sources is read (in threads)
+    and every input becomes an archived or rejected row."""
 
-    def __init__(self, codec: str, codec_options: dict[str, Any], bpp: float, cpus: float, gpus: float) -> None:
+    def __init__(self, codec: str, codec_options: dict[str, Any], bpp: float, cpus: float, gpus: float,
+                 storage_options: dict[str, Any] | None = None) -> None:
         _threads_for(cpus)
         if gpus > 0 and codec == "learned":
             codec_options = {**codec_options, "device": "cuda"}
         self.codec = resolve_codec(codec, **codec_options)
         self.bpp = bpp
+        self.storage_options = storage_options
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        sources = list(zip(batch.column("uri").to_pylist(), batch.column("key").to_pylist()))
         rows = []
-        for uri, key, data, error in zip(*(batch.column(c).to_pylist() for c in ("uri", "key", "data", "read_error"))):
-            if error is not None:
-                rows.append(rejected_row(key, uri, error))
-                continue
-            status, row = process_input(key, uri, data, self.codec, self.bpp)
+        for uri, key, data in read_ahead(sources, self.storage_options):
+            status, row = process_input(key, uri, data, self.codec, self.bpp)  # an unreadable source: rejected
             rows.append(row)  # a rejected row carries its reason; an archived one has none
         return pa.Table.from_pylist(rows, schema=_ENCODED_SCHEMA)
 
@@ -333,7 +338,7 @@ def encode_ray(
     connect(address, quiet=not progress)
     _configure(progress)
     actors, gpus, cpus = actor_resources(num_actors, gpus_per_actor, cpus_per_actor, uses_gpu=codec_name == "learned")
-    batch = int(batch_size or DEFAULT_BATCH_SIZE)
+    batch = int(batch_size or (DEFAULT_BATCH_SIZE if codec_name == "learned" else REFERENCE_BATCH_SIZE))
     if batch < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     options = dict(storage_options or {}) or None
@@ -342,22 +347,24 @@ def encode_ray(
         base = next_shard_index(dst, filesystem=plan.dst_fs)
         sink = _ShardSink(dst, options, base, rows_per_shard)
         if plan.todo:
-            # One block of `batch` sources per read task (read in threads), one actor call per block:
-            # the encoded rows reach the write stage batch by batch, not at the end of the job.
-            items = [{"uri": uri, "key": key} for uri, key in plan.todo]
-            ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch)))
-            ds = ds.map_batches(_read_sources, fn_kwargs={"storage_options": options}, batch_size=batch,
-                                batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
+            # Blocks of (uri, key) pairs (encode_block_rows), one actor call per `batch` of them; the
+            # actors read the bytes themselves: no read task (and no worker process) per block.
+            block_rows = encode_block_rows(len(plan.todo), actors, batch)
+            uris = pa.array([uri for uri, _ in plan.todo], pa.string())
+            keys = pa.array([key for _, key in plan.todo], pa.string())
+            ds = ray.data.from_arrow([pa.table({"uri": uris[i:i + block_rows], "key": keys[i:i + block_rows]})
+                                      for i in range(0, len(plan.todo), block_rows)])
+            del uris, keys
             ds = ds.map_batches(
                 _Encoder,
                 fn_constructor_kwargs={"codec": codec_name, "codec_options": codec_options, "bpp": bpp,
-                                       "cpus": cpus, "gpus": gpus},
+                                       "cpus": cpus, "gpus": gpus, "storage_options": options},
                 batch_size=batch, batch_format="pyarrow",
                 compute=ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
                 num_cpus=cpus, num_gpus=gpus,
             )
             try:
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_TASK_CPUS})
+                ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_TASK_CPUS}, concurrency=IO_TASK_CONCURRENCY)
             except Exception as exc:  # noqa: BLE001 - a failed job: the shards written so far stay
                 raise _job_error("encode", exc, f"the shards written so far are kept in {dst}: fix the cause "
                                  "and run the same command again to encode only the rest") from exc
@@ -371,6 +378,7 @@ def encode_ray(
             ENGINE, plan, the_codec, bpp, resume=resume, strict=strict, elapsed_s=time.monotonic() - started,
             runner=f"Ray Data {ray.__version__}", ray_actors=actors, ray_gpus_per_actor=gpus,
             ray_cpus_per_actor=cpus, ray_batch_size=batch,
+            ray_block_rows=encode_block_rows(len(plan.todo), actors, batch) if plan.todo else 0,
         ))
     check_strict(manifest, plan, strict)
     return manifest
@@ -477,7 +485,8 @@ def restore_ray(
     items = [{"id": rid, "name": names[rid]} for rid in wanted]
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / RESTORE_READ_ROWS)))
     ds = ds.map_batches(_read_rows, fn_kwargs={"archive": archive, "storage_options": options},
-                        batch_size=RESTORE_READ_ROWS, batch_format="pyarrow", num_cpus=IO_TASK_CPUS)
+                        batch_size=RESTORE_READ_ROWS, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+                        concurrency=IO_TASK_CONCURRENCY)
     ds = ds.map_batches(
         _Decoder,
         fn_constructor_kwargs={"dst": dst, "fmt": fmt, "storage_options": options, "codecs": _archive_codecs(arch),
