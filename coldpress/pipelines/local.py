@@ -276,16 +276,39 @@ def verify_local(
     checksum, format, missing codec or model), when the decoded pixels' sha256 differs from
     ``recon_sha256`` (the decoder's output changed since the row was written), or when its id
     appears more than once in the archive.
+
+    A damaged archive is read part by part (``archive.salvage``): a damaged manifest, shard footer,
+    row group or rejected table is listed in ``"damaged"`` (one text each) and every row it held
+    fails by id (``"id"`` is the id range of the shard when the ids themselves are unreadable); the
+    rows of every intact part are still checked.
     """
+    from coldpress.errors import ArchiveError
+    from coldpress.transforms.archive.salvage import salvage
+
     archive = str(archive)
     fs, _ = filesystem_for(archive, storage_options)
-    arch = open_archive(archive, filesystem=fs)
+    try:
+        arch = open_archive(archive, filesystem=fs)
+        path, total = arch.path, arch.num_rows
+    except ArchiveError:  # a damaged manifest or footer: salvage says which, the rest is checked
+        arch, path, total = None, archive, None
     failures: list[dict[str, str]] = []
+    damaged: list[str] = []
     seen: set[str] = set()
-    rows = 0
-    with _progress(total=arch.num_rows, desc="verifying", enabled=progress) as bar:
-        for batch in arch.iter_batches(batch_size=RESTORE_BATCH_ROWS):
-            for row in batch.to_pylist():
+    rows = unreadable = 0  # rows read and checked; rows of damaged parts
+    with _progress(total=total, desc="verifying", enabled=progress) as bar:
+        for kind, item in salvage(archive, filesystem=fs, batch_size=RESTORE_BATCH_ROWS):
+            if kind == "damage":
+                damaged.append(item.describe())
+                if item.ids:
+                    unreadable += len(item.ids)
+                    failures += [{"id": rid, "problem": item.describe()} for rid in item.ids]
+                elif item.rows != 0:  # a shard part whose ids are unreadable, or a side file
+                    lo, hi = item.id_range or (None, None)
+                    unreadable += item.rows or 0
+                    failures.append({"id": f"{lo}..{hi}" if lo is not None else item.where, "problem": item.describe()})
+                continue
+            for row in item.to_pylist():
                 rows += 1
                 rid = row["id"]
                 bar.update()
@@ -313,10 +336,15 @@ def verify_local(
                             "decoder changed: restore with the coldpress and codec versions recorded in the row"
                         ),
                     })
+    try:
+        rejected = arch.rejected().num_rows if arch is not None else None
+    except (ArchiveError, ValueError):  # a damaged footer can fail to decode as text
+        rejected = None  # listed in "damaged"
     return {
-        "archive": arch.path,
-        "rows": rows,
-        "ok": rows - len(failures),
+        "archive": path,
+        "rows": rows + unreadable,
+        "ok": rows - (len(failures) - len([d for d in failures if d["problem"] in damaged])),
         "failures": failures,
-        "rejected": arch.rejected().num_rows,
+        "damaged": damaged,
+        "rejected": rejected,
     }
