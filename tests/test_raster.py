@@ -273,6 +273,10 @@ def test_cli_encode_restore_window_and_bbox(tmp_path, capsys):
     (src / "scene.tif").write_bytes(tif)
     archive, out = tmp_path / "a", tmp_path / "d"
     assert main(["encode", str(src), str(archive), "--bpp", "4", "--codec", "webp", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(archive)]) == 0
+    shown = capsys.readouterr().out
+    assert "scene.tif: 10xuint16 EPSG:32633" in shown and "bits per band-pixel" in shown
     assert main(["restore", str(archive), str(out), "--all", "--quiet"]) == 0
     with rasterio.open(out / "scene.tif") as ds:
         assert ds.crs == CRS_UTM and ds.count == 10 and ds.dtypes[0] == "uint16" and ds.nodata == 0

@@ -228,6 +228,9 @@ def print_report(archive: str, options: dict[str, Any] | None, compare: str | No
     if compare:
         print(f"(last column: the source encoded again with {compare} under the same byte budget as its archived "
               "bitstream, container included; '-' where it cannot go that low)")
+    from coldpress.jobs.inspect import print_raster_quality, raster_quality
+
+    print_raster_quality(raster_quality(open_archive(archive, filesystem=fs)))
 
 
 def compare_at_bytes(source_uri: str, budget: int, codec_name: str, options: dict[str, Any] | None) -> str:
@@ -240,8 +243,19 @@ def compare_at_bytes(source_uri: str, budget: int, codec_name: str, options: dic
     from coldpress.transforms.read import decode_input
     from coldpress.transforms.sources import read_bytes
 
-    image = decode_input(read_bytes(source_uri, options), source_uri).pixels
+    from coldpress.transforms import raster
+
+    data = read_bytes(source_uri, options)
     codec = get_codec(codec_name)
+    if raster.is_raster(data) or (not raster.is_photo_format(data) and raster.gdal_opens(data)):
+        with raster.open_bytes(data) as ds:  # a raster: every band, the same package layout
+            pixels = ds.width * ds.height
+        try:
+            enc = raster.encode_raster(data, source_uri, codec, (budget + 0.5) * 8 / pixels)
+        except RateUnreachableError:
+            return "-"
+        return f"{enc.quality['psnr']:.2f} ({len(enc.package)} B)"
+    image = decode_input(data, source_uri).pixels
     h, w = image.shape[:2]
     try:
         result = codec.encode(image, bpp=(budget + 0.5) * 8 / (w * h))  # budget = int(bpp * W * H / 8)

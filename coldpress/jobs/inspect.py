@@ -46,7 +46,41 @@ def inspect_archive(archive: str, storage_options: dict[str, Any] | None = None,
     stats["engine"] = manifest.get("engine")
     if ids:
         stats["ids"] = sorted(arch.read(columns=["id"]).column("id").to_pylist())
+    stats["rasters"] = raster_quality(arch)
     return stats
+
+
+def raster_quality(arch) -> list[dict[str, Any]]:
+    """Per raster row: bands, dtype, bpp (all bands per spatial pixel), bits per band-pixel, RMSE and
+    PSNR per band (from the row metadata; no bitstream is read)."""
+    out = []
+    table = arch.read(columns=["id", "mode", "achieved_bpp", "metadata"])
+    for row in table.to_pylist():
+        if row["mode"] != "RASTER":
+            continue
+        try:
+            meta = json.loads(row["metadata"] or "{}")
+        except ValueError:
+            continue
+        r, q = meta.get("raster", {}), meta.get("quality", {})
+        out.append({
+            "id": row["id"], "bands": r.get("count"), "dtype": r.get("dtype"), "crs": r.get("crs_code"),
+            "bpp": row["achieved_bpp"], "bits_per_band_pixel": q.get("bits_per_band_pixel"),
+            "psnr_per_band": q.get("psnr_per_band"), "rmse_per_band": q.get("rmse_per_band"),
+        })
+    return out
+
+
+def print_raster_quality(rasters: list[dict[str, Any]]) -> None:
+    """The per-band lines of ``raster_quality`` (bpp counts all bands; PSNR per band against 255 for
+    uint8 bands, else the band's valid range; RMSE in the band's own units)."""
+    if not rasters:
+        return
+    print("rasters      bpp (all bands) / bits per band-pixel; per band PSNR dB (RMSE in source units)")
+    for r in rasters:
+        bands = "  ".join(f"{p:.2f} ({e:.4g})" for p, e in zip(r["psnr_per_band"] or [], r["rmse_per_band"] or []))
+        print(f"  {r['id']}: {r['bands']}x{r['dtype']} {r['crs'] or 'no CRS'}, {r['bpp']:.4f} / "
+              f"{(r['bits_per_band_pixel'] or 0):.4f} bpp; {bands}")
 
 
 def _fmt_summary(s: dict[str, float] | None, unit: str, digits: int) -> str:
@@ -80,6 +114,7 @@ def print_text(stats: dict[str, Any]) -> None:
     print(f"codecs       {', '.join(f'{k}: {v}' for k, v in stats['codecs'].items()) or '-'}")
     if stats["model_ids"]:
         print(f"models       {', '.join(f'{k}: {v}' for k, v in stats['model_ids'].items())}")
+    print_raster_quality(stats.get("rasters") or [])
     if stats["rejected"]:
         kinds = ", ".join(f"{k}: {v}" for k, v in stats["rejected_kinds"].items())
         print(f"rejections   {kinds}")
