@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from coldpress.jobs import cli
-from coldpress.pipelines.local import encode_local, verify_local
+from coldpress.errors import ArchiveError
+from coldpress.pipelines.local import encode_local, restore_local, verify_local
 from coldpress.transforms.archive import open_archive
 from coldpress.transforms.archive.salvage import salvage
-from coldpress.transforms.records import decode_record
+from coldpress.transforms.records import decode_record, restored_names
 from synthetic_images import natural_image
 
 CASES = 300
@@ -94,6 +95,22 @@ def test_random_damage_is_reported_by_id_and_never_decodes_to_wrong_pixels(archi
         if str(target).startswith("part-"):
             # The other shards' rows are all still read and pass.
             assert passed >= 8, f"{where}: undamaged shards were not read"
+        if case % 3 == 0:  # restore --all: every intact row written with its pixels, the damaged ones listed
+            out = tmp_path / "restored"
+            shutil.rmtree(out, ignore_errors=True)
+            try:
+                restore_local(work, out, fmt="png", progress=False)
+                listed = ""
+            except ArchiveError as exc:
+                listed = str(exc)
+            names = restored_names(sorted(pixels), "png")
+            written = {rid for rid, name in names.items() if (out / name).exists()}
+            for rid in written:
+                assert np.array_equal(np.asarray(Image.open(out / names[rid])), pixels[rid]), f"{where}: {rid}"
+            missing = set(pixels) - written
+            assert all(_reported(rid, failed) for rid in missing), f"{where}: {missing} neither restored nor reported"
+            assert bool(missing) == bool(listed), f"{where}: {listed}"
+            assert len(written) >= (8 if str(target).startswith("part-") else 12), where
     assert detected >= CASES * 0.8  # most random damage lands on checked bytes (the rest: padding, unused)
 
 
@@ -108,3 +125,9 @@ def test_cli_verify_exits_1_and_names_the_damaged_shard(archive, tmp_path, capsy
     assert "part-00001.parquet is damaged" in err and "04.png" in err  # the shard's id range
     report = verify_local(work, progress=False)
     assert report["ok"] == 8 and report["rows"] == 12
+    # restore --all writes the 8 intact images, then says which could not be restored.
+    assert cli.main(["restore", str(work), str(tmp_path / "out"), "--all", "--format", "png"]) == 1
+    err = capsys.readouterr().err
+    assert "of 12 image(s) could not be restored" in err and "(8 written to" in err, err
+    assert "part-00001.parquet is damaged" in err and "4 row(s) with ids '04.png' to '07.png'" in err, err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 8

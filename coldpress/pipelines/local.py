@@ -229,14 +229,36 @@ def restore_local(
     short hash of the id added to their names. Rasters restore as GeoTIFF (``records.restore_record``:
     fmt "auto", the default, writes a COG named .tif); ``region`` ({"window": (col, row, width,
     height)} or {"bbox": (minx, miny, maxx, maxy), "bbox_crs": ...}) restores only that part of each.
+
+    Restoring every row of a damaged archive (``ids`` None) reads it part by part
+    (``archive.salvage``): the rows of every intact row group are written, and the rows of a damaged
+    one are listed in the final ArchiveError by id (by the shard's id range when the ids themselves
+    are unreadable); a damaged manifest or rejected table does not stop it.
     """
     archive, dst = str(archive), str(dst)
     fs, _ = filesystem_for(archive, storage_options)
-    arch = open_archive(archive, filesystem=fs)
+    damaged: list[tuple[str, str]] = []
+    unreadable = [0]  # rows of damaged parts whose ids cannot be read
     if ids is None:
-        wanted = arch.read(columns=["id"]).column("id").to_pylist()
-        batches: Iterable[Any] = arch.iter_batches(batch_size=RESTORE_BATCH_ROWS)
+        from coldpress.transforms.archive.salvage import salvage
+
+        wanted = [rid for kind, item in salvage(archive, filesystem=fs, columns=["id"]) if kind == "rows"
+                  for rid in item.column("id").to_pylist()]
+
+        def salvaged() -> Iterator[Any]:
+            for kind, item in salvage(archive, filesystem=fs, batch_size=RESTORE_BATCH_ROWS):
+                if kind == "rows":
+                    yield item
+                elif item.ids:
+                    damaged.extend((rid, item.describe()) for rid in item.ids)
+                elif item.rows and not item.where.startswith("_"):
+                    lo, hi = item.id_range or (None, None)
+                    damaged.append((f"{lo}..{hi}" if lo is not None else item.where, item.describe()))
+                    unreadable[0] += item.rows
+
+        batches: Iterable[Any] = salvaged()
     else:
+        arch = open_archive(archive, filesystem=fs)
         if isinstance(ids, str):
             raise TypeError("ids must be a list of ids, not a single string")
         wanted = sorted(set(ids))
@@ -260,6 +282,8 @@ def restore_local(
                         raise
                     failures.append((rid, reason))
                 bar.update()
+    failures += [d for d in damaged if d[0] not in dict(failures)]
+    total += len({rid for rid, _ in damaged if ".." not in rid} - set(wanted)) + unreadable[0]
     if failures:
         raise restore_failures_error(failures, total, len(written), archive, dst)
     return [target for _, target in sorted(written)]

@@ -83,9 +83,12 @@ def salvage(archive: Any, storage_options: Mapping[str, Any] | None = None, *, f
     ``archive``, shard after shard, then ("damage", ...) for a damaged manifest or rejected table."""
     fs, root = _resolve(archive, storage_options, filesystem)
     entries = _list_dir(fs, root)
-    if entries is None:
-        raise ArchiveError(f"{_display(fs, root)} does not exist; check the path")
-    side = _side_files(fs, root, entries)
+    side = _side_files(fs, root, entries or [])
+    if entries is None or not (_shard_entries(fs, root, entries) or side.manifest or side.rejected):
+        from coldpress.transforms.archive.reader import open_archive
+
+        open_archive(root, filesystem=fs)  # no archive there: its error says so
+        raise ArchiveError(f"{_display(fs, root)} holds no coldpress archive; check the path")
     known: dict[str, dict[str, Any]] = {}
     damages: list[Damage] = []
     if side.manifest:
