@@ -238,7 +238,7 @@ def compare_at_bytes(source_uri: str, budget: int, codec_name: str, options: dic
     bitstream of at most ``budget`` bytes (its own rate control), and the bytes it used; "-" when
     its smallest bitstream is larger."""
     from coldpress.codec import get_codec
-    from coldpress.errors import RateUnreachableError
+    from coldpress.errors import InputRejected, RateUnreachableError
     from coldpress.metrics import psnr
     from coldpress.transforms.read import decode_input
     from coldpress.transforms.sources import read_bytes
@@ -247,7 +247,15 @@ def compare_at_bytes(source_uri: str, budget: int, codec_name: str, options: dic
 
     data = read_bytes(source_uri, options)
     codec = get_codec(codec_name)
-    if raster.is_raster(data) or (not raster.is_photo_format(data) and raster.gdal_opens(data)):
+    as_raster = raster.is_raster(data)
+    if not as_raster:
+        try:
+            image = decode_input(data, source_uri).pixels
+        except InputRejected:  # archived as a raster when GDAL reads what Pillow cannot (records.encode_record)
+            if raster.is_photo_format(data) or not raster.gdal_opens(data):
+                raise
+            as_raster = True
+    if as_raster:
         with raster.open_bytes(data) as ds:  # a raster: every band, the same package layout
             pixels = ds.width * ds.height
         try:
@@ -255,7 +263,6 @@ def compare_at_bytes(source_uri: str, budget: int, codec_name: str, options: dic
         except RateUnreachableError:
             return "-"
         return f"{enc.quality['psnr']:.2f} ({len(enc.package)} B)"
-    image = decode_input(data, source_uri).pixels
     h, w = image.shape[:2]
     try:
         result = codec.encode(image, bpp=(budget + 0.5) * 8 / (w * h))  # budget = int(bpp * W * H / 8)
