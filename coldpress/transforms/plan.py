@@ -18,7 +18,7 @@ from coldpress.codec.base import Codec
 from coldpress.errors import ArchiveError, ColdpressError, InputRejected, RejectedInputs
 from coldpress.transforms.archive import existing_ids
 from coldpress.transforms.faults import environment_cause
-from coldpress.transforms.sources import filesystem_for, list_sources, record_id
+from coldpress.transforms.sources import filesystem_for, list_sources, record_id, redact_url
 
 
 def resolve_codec(codec: str | Codec, **options: Any) -> Codec:
@@ -89,7 +89,7 @@ def run_manifest(engine: str, plan: EncodePlan, codec: Codec, bpp: float, *, res
     described = codec.describe()
     manifest = {
         "engine": engine,
-        "src": plan.src,
+        "src": redact_url(plan.src),  # never a user:password given in the URL
         "codec": codec.name,
         "model_id": described.get("model_id", ""),
         "weights_hash": described.get("weights_hash", ""),

@@ -67,6 +67,29 @@ def s3_retries() -> dict[str, Any]:
     return {"mode": mode, "max_attempts": int(attempts)}
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any user:password (or token) before the host replaced by ``***``, for messages."""
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return text
+    return f"{scheme}://***@{authority.rsplit('@', 1)[1]}{slash}{path}"
+
+
+def _check_endpoint(endpoint: str, where: str) -> None:
+    """Refuse an S3 endpoint URL that carries credentials (they would be sent nowhere useful, and
+    end up in logs and error messages): say so without repeating them."""
+    if redact_url(endpoint) != str(endpoint):
+        raise ColdpressError(
+            f"the S3 endpoint URL {redact_url(endpoint)} ({where}) carries credentials before the host; S3 "
+            "requests are signed with an access key, not URL credentials: remove them from the URL and give "
+            "the key as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or a profile)"
+        )
+
+
 def _with_s3_endpoint(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """``storage_options`` plus, for S3 URLs, the endpoint from the environment when they name none,
     and botocore's retry settings (``s3_retries``) when they give none."""
@@ -79,10 +102,12 @@ def _with_s3_endpoint(url: str, storage_options: dict[str, Any] | None) -> dict[
         options["config_kwargs"] = config_kwargs
     client_kwargs = dict(options.get("client_kwargs") or {})
     if options.get("endpoint_url") or client_kwargs.get("endpoint_url"):
+        _check_endpoint(options.get("endpoint_url") or client_kwargs.get("endpoint_url"), "--endpoint-url")
         return options
     for var in S3_ENDPOINT_ENV_VARS:
         endpoint = os.environ.get(var)
         if endpoint:
+            _check_endpoint(endpoint, f"${var}")
             client_kwargs["endpoint_url"] = endpoint
             options["client_kwargs"] = client_kwargs
             break
