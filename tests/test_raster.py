@@ -330,3 +330,45 @@ def test_shared_geo_file_round_trip(geo_restored, name):
             psnr = 10 * math.log10(rng * rng / mse)
             assert psnr > 17.0, (name, i, psnr)
             assert math.isclose(psnr, quality["psnr_per_band"][i], abs_tol=0.01)
+
+
+# -- STAC ---------------------------------------------------------------------------------------------
+def test_stac_collection_and_items(tmp_path):
+    import hashlib
+
+    import pystac
+    from PIL import Image
+    from rasterio.warp import transform_bounds
+
+    src = tmp_path / "src"
+    (src / "2021").mkdir(parents=True)
+    data, tif = ten_band_uint16(40, 50)
+    (src / "2021" / "scene.tif").write_bytes(tif)  # ACQUISITION_DATE tag: 2021-06-01T10:30:00Z
+    rgb = np.round(smooth_bands(3, 40, 50, 0, 255, seed=9)).astype(np.uint8)
+    (src / "m_1234_20090818.tif").write_bytes(geotiff_bytes(rgb, crs=CRS.from_epsg(26914), nodata=None))
+    Image.fromarray(rgb.transpose(1, 2, 0)).save(src / "photo.png")  # a photo: no Item
+    archive = tmp_path / "a"
+    encode_local(str(src), str(archive), codec="webp", bpp=10.0, progress=False)
+    assert main(["stac", str(archive), "--out", str(tmp_path / "stac"), "--quiet"]) == 0
+    collection = pystac.Collection.from_file(str(tmp_path / "stac" / "collection.json"))
+    items = {i.properties["coldpress:id"]: i for i in collection.get_items(recursive=True)}
+    assert sorted(items) == ["2021/scene.tif", "m_1234_20090818.tif"]
+    scene = items["2021/scene.tif"]
+    assert scene.datetime.isoformat() == "2021-06-01T10:30:00+00:00"
+    assert items["m_1234_20090818.tif"].datetime.date().isoformat() == "2009-08-18"
+    assert scene.properties["proj:code"] == "EPSG:32633" and scene.properties["proj:shape"] == [40, 50]
+    assert scene.properties["proj:transform"] == list(TRANSFORM)[:6]
+    west, south, east, north = transform_bounds(CRS_UTM, "EPSG:4326", 500000, 4200000 - 400, 500500, 4200000)
+    assert scene.bbox == pytest.approx([west, south, east, north], abs=1e-6)
+    asset = scene.assets["archive"]
+    bands = asset.extra_fields["raster:bands"]
+    assert len(bands) == 10 and bands[0]["data_type"] == "uint16" and bands[0]["nodata"] == 0
+    shard = Path(asset.href)
+    assert shard.exists() and shard.suffix == ".parquet"
+    assert asset.extra_fields["file:checksum"] == "1220" + hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert asset.extra_fields["file:size"] == shard.stat().st_size
+    # Search by place and time, as a STAC client would: the scene's centre, in June 2021.
+    lon, lat = (west + east) / 2, (south + north) / 2
+    hits = [i for i in collection.get_items(recursive=True)
+            if i.bbox[0] <= lon <= i.bbox[2] and i.bbox[1] <= lat <= i.bbox[3] and i.datetime.year == 2021]
+    assert [i.properties["coldpress:id"] for i in hits] == ["2021/scene.tif"]

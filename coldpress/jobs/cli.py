@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     "encode",
     "restore",
     "inspect",
+    "stac",
     "verify",
     "upgrade",
     "train",
