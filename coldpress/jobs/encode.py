@@ -39,6 +39,19 @@ def _workers(text: str) -> int:
     return value
 
 
+def dataset_src(args: argparse.Namespace) -> str:
+    """SRC with --image-column/--id-column added to a parquet: source (an error for other SRCs)."""
+    from coldpress.errors import ColdpressError
+
+    query = [f"{k}={v}" for k, v in (("image", args.image_column), ("id", args.id_column)) if v]
+    if not query:
+        return args.src
+    if not str(args.src).startswith("parquet:"):
+        raise ColdpressError("--image-column and --id-column apply to a Parquet source; write SRC as "
+                             f"parquet:{args.src} or drop them")
+    return args.src + ("&" if "?" in args.src else "?") + "&".join(query)
+
+
 def local_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``{"workers": N}`` for the local engine when --workers was given; an error with another engine."""
     from coldpress.errors import ColdpressError
@@ -62,8 +75,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "adds only the inputs not yet archived."
         ),
     )
-    p.add_argument("src", metavar="SRC", help="folder, file or URL of the source images (s3://bucket/prefix)")
+    p.add_argument("src", metavar="SRC", help="folder, file or URL of the source images (s3://bucket/prefix); or a "
+                   "dataset: parquet:PATH (Parquet files with an image column), webdataset:PATH (tar shards), "
+                   "listing:FILE (text, CSV or Parquet list of URIs)")
     p.add_argument("dst", metavar="DST", help="archive directory to write, local or URL")
+    p.add_argument("--image-column", default=None, metavar="COLUMN",
+                   help="with SRC parquet:PATH: the column of encoded image bytes (default: image)")
+    p.add_argument("--id-column", default=None, metavar="COLUMN",
+                   help="with SRC parquet:PATH: the column of ids (default: <file stem>/<row number>)")
     p.add_argument("--bpp", type=_bpp, required=True, help="target bits per pixel, e.g. 0.05 (container bytes included)")
     p.add_argument("--codec", default=DEFAULT_CODEC, help=f"codec name (default: {DEFAULT_CODEC}); see `coldpress encode --list-codecs`")
     p.add_argument("--list-codecs", action=_ListCodecs, nargs=0, help="list the available codecs and exit")
@@ -150,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from coldpress.errors import RejectedInputs
     from coldpress.jobs.cli import show_progress, storage_options
 
+    args.src = dataset_src(args)
     module, function = ENGINES[args.engine]
     encode = getattr(importlib.import_module(module), function)
     options = storage_options(args)

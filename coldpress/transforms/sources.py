@@ -142,8 +142,13 @@ def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> lis
     file gives its basename. Hidden files and everything inside hidden folders (names starting with
     ".") are skipped. Nothing else is filtered: files that are not images are listed, and end up in
     the rejected table with a reason. ``uri`` is what :func:`read_bytes` takes: an absolute path for
-    local sources, a full URL (``s3://bucket/key``) otherwise.
+    local sources, a full URL (``s3://bucket/key``) otherwise. A dataset source (``parquet:PATH``,
+    ``webdataset:PATH``, ``listing:PATH``: ``transforms.datasets``) lists its samples instead.
     """
+    from coldpress.transforms import datasets
+
+    if datasets.dataset_kind(src) is not None:
+        return datasets.list_dataset(src, storage_options)
     fs, root = filesystem_for(src, storage_options)
     if not fs.exists(root):
         raise SourceNotFound(
@@ -168,7 +173,12 @@ def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> lis
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """The whole content of the file at ``uri`` (local path or fsspec URL)."""
+    """The whole content of the file at ``uri`` (local path or fsspec URL, or a dataset member:
+    ``<shard>::<member>``, see ``transforms.datasets``)."""
+    from coldpress.transforms import datasets
+
+    if datasets.member_uri(uri) is not None:
+        return datasets.read_member(uri, storage_options)
     fs, path = filesystem_for(uri, storage_options)
     return fs.cat_file(path)
 
@@ -213,6 +223,11 @@ def record_id(key: str) -> str:
     InputRejected: such keys do not name a file inside SRC.
     """
     raw = str(key)
+    if raw.endswith("\x00duplicate"):  # datasets.DUPLICATE_MARK
+        raise InputRejected(
+            f"id {raw[:-10]!r} is also the id of another input of this dataset, which was archived under it; "
+            "make the dataset's ids unique (another --id-column, or the default positional ids)"
+        )
     if "\x00" in raw:
         raise InputRejected(
             f"source key {raw!r} contains a NUL character; rename the file, coldpress cannot give it a safe id"
