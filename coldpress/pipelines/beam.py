@@ -84,7 +84,7 @@ from coldpress.transforms.plan import (
     restore_failures_error,
     run_manifest,
 )
-from coldpress.transforms.records import decode_record, process_input, restored_names, unreadable_row, write_image
+from coldpress.transforms.records import process_input, restore_record, restored_names, unreadable_row
 from coldpress.transforms.schema import ROW_GROUP_ROWS
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for, list_sources, read_bytes
@@ -563,9 +563,7 @@ class _DecodeAndWrite(beam.DoFn):
         row, name = item
         rid = row["id"]
         try:
-            pixels = decode_record(row)
-            target = join_destination(self._dst, name)
-            write_image(pixels, target, self._fmt, self._storage_options)
+            target = restore_record(row, join_destination(self._dst, name), self._fmt, self._storage_options)
         except Exception as exc:  # noqa: BLE001 - sorted below: a bad row is reported, a bad destination stops
             reason = restore_failure(exc)
             if reason is None:  # the destination or the environment, not the row: fail the job

@@ -86,6 +86,7 @@ from coldpress.transforms.plan import (
 )
 from coldpress.transforms.records import (
     decode_record,
+    restore_record,
     process_input,
     restored_names,
     write_image,
@@ -424,9 +425,7 @@ class _Decoder:
         for row in batch.to_pylist():
             path = error = fatal = None
             try:
-                target = join_destination(self.dst, row["name"])
-                write_image(decode_record(row), target, self.fmt, self.storage_options)
-                path = target
+                path = restore_record(row, join_destination(self.dst, row["name"]), self.fmt, self.storage_options)
             except Exception as exc:  # noqa: BLE001 - classified: a bad row, or a bad destination
                 reason = restore_failure(exc)
                 if reason is None:  # the destination or the environment (a full disk, a lost GPU): stop
