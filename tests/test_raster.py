@@ -51,7 +51,7 @@ def smooth_bands(count: int, height: int, width: int, lo: int, hi: int, seed: in
 def geotiff_bytes(data: np.ndarray, *, nodata=None, crs=CRS_UTM, transform=TRANSFORM, descriptions=None,
                   tags=None, band_tags=None, units=None, scales=None, offsets=None, driver="GTiff", **profile) -> bytes:
     count, height, width = data.shape
-    with MemoryFile() as mem:
+    with MemoryFile(ext=".jp2" if driver == "JP2OpenJPEG" else ".tif") as mem:
         with mem.open(driver=driver, width=width, height=height, count=count, dtype=data.dtype.name, crs=crs,
                       transform=transform, nodata=nodata, **profile) as ds:
             ds.write(data)
@@ -372,3 +372,14 @@ def test_stac_collection_and_items(tmp_path):
     hits = [i for i in collection.get_items(recursive=True)
             if i.bbox[0] <= lon <= i.bbox[2] and i.bbox[1] <= lat <= i.bbox[3] and i.datetime.year == 2021]
     assert [i.properties["coldpress:id"] for i in hits] == ["2021/scene.tif"]
+
+
+def test_jpeg2000_source_is_archived_as_a_raster(tmp_path):
+    data = np.round(smooth_bands(4, 48, 56, 100, 4000, seed=12)).astype(np.uint16)
+    jp2 = geotiff_bytes(data, driver="JP2OpenJPEG", QUALITY="100", REVERSIBLE="YES")
+    assert jp2[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+    status, row = process_input("s2.jp2", "s2.jp2", jp2, get_codec("webp"), 6.0)
+    assert status == "archived", row
+    assert row["source_format"] == "JP2OpenJPEG" and row["source_mode"] == "4xuint16"
+    with rasterio.open(_restored(tmp_path, row)) as ds:
+        assert ds.crs == CRS_UTM and ds.transform == TRANSFORM and ds.count == 4 and ds.dtypes[0] == "uint16"

@@ -61,6 +61,9 @@ SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "floa
 _SKIPPED_DOMAINS = {"IMAGE_STRUCTURE", "DERIVED_SUBDATASETS", "SUBDATASETS", "RPC", "GEOLOCATION"}
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JP2_MAGICS = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")
+#: GDAL's block cache while reading and writing rasters, in MB (GDAL's default, 5 % of the RAM, would
+#: hold a large scene's decoded blocks: memory is bounded by the tile, not the cache).
+GDAL_CACHE_MB = 64
 _LEN_PLACEHOLDER = 10**7 - 1  # header estimate: every blob length written with 7 digits
 
 logging.getLogger("rasterio._env").setLevel(logging.ERROR)  # GDAL's warnings on odd but readable TIFFs
@@ -76,7 +79,7 @@ def _rio():
 def open_bytes(data: bytes):
     """A rasterio dataset of a file's bytes (GDAL's in-memory file system)."""
     rasterio = _rio()
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+    with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=GDAL_CACHE_MB):
         with rasterio.MemoryFile(bytes(data)) as mem:
             with mem.open() as ds:
                 yield ds
@@ -873,7 +876,7 @@ def write_raster(pkg: Package, meta: dict[str, Any], path: str, *, driver: str =
     tmpdir = tempfile.mkdtemp(prefix="coldpress-raster-")
     tmp = os.path.join(tmpdir, "restored.tif")
     try:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_PAM_ENABLED="NO"):
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=GDAL_CACHE_MB):
             with rasterio.open(tmp, "w", **profile) as dst:
                 for i in tiles_in_window(pkg, (col, row, w, h)):
                     t = pkg.header["tiles"][i]
