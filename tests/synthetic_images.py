@@ -51,7 +51,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return coldpress_psnr(a, b)
 
 
-def model_file(folder, model_id: str = "test-model-file"):
+def model_file(folder, model_id: str = "test-model-file", source: str | None = None, **metadata):
     """A learned model given as a file, not in the registry: the shipped default's weights saved
     under another model id (what `coldpress train --export-to DIR` gives a user)."""
     from pathlib import Path
@@ -61,11 +61,12 @@ def model_file(folder, model_id: str = "test-model-file"):
 
     from coldpress.codec.models import load_model
 
-    source = load_model(None).path
+    source = load_model(source).path
     with safe_open(str(source), framework="pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta["model_id"] = model_id
+    meta.update(metadata)  # e.g. decode_precision="float32"
     path = Path(folder) / f"{model_id}.safetensors"
     save_file(tensors, str(path), metadata=meta)
     return path

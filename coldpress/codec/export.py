@@ -22,6 +22,7 @@ from coldpress.codec.models import (
     CONTEXT_PREFIX,
     FIXED_PREFIX,
     PARAMS_PREFIX,
+    PRECISION_KEY,
     TILING_KEY,
     decode_tiling_for,
     file_sha256,
@@ -102,7 +103,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
     tiling = decode_tiling_for(net.g_s, net.cfg)
     save_file(tensors, str(path), metadata={"config": meta["config"], "model_id": model_id,
                                              "format": "coldpress-learned/1",
-                                             TILING_KEY: json.dumps(tiling.to_record())})
+                                             TILING_KEY: json.dumps(tiling.to_record()),
+                                             PRECISION_KEY: "float32"})
     digest = file_sha256(path)
     params = {
         "encoder (g_a)": count_parameters(net.g_a),
@@ -123,6 +125,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
         f"- architecture: `{meta['config']}`",
         f"- decode tiling: {tiling.tile} px tiles with a {tiling.halo} px halo (covers the decoder's receptive "
         "field: decodes equal untiled ones)",
+        "- decode precision: float32 synthesis (identical pixels across processes and thread counts on one "
+        "kind of device; the entropy parameters are exact fixed point on every device)",
         "- parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in params.items()),
     ]
     for k, v in card.items():
