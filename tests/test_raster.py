@@ -383,3 +383,27 @@ def test_jpeg2000_source_is_archived_as_a_raster(tmp_path):
     assert row["source_format"] == "JP2OpenJPEG" and row["source_mode"] == "4xuint16"
     with rasterio.open(_restored(tmp_path, row)) as ds:
         assert ds.crs == CRS_UTM and ds.transform == TRANSFORM and ds.count == 4 and ds.dtypes[0] == "uint16"
+
+
+def test_shared_naip_bbox_restore_matches_the_request_within_a_pixel(geo_restored, tmp_path):
+    from rasterio.warp import transform_bounds
+
+    _, tmp = geo_restored
+    name = "m_4709963_se_14_1_20090818.tif"
+    if not (SHARED_GEO / name).exists():
+        pytest.skip(f"{name} is not in {SHARED_GEO}")
+    box = (486500.3, 5206500.7, 488000.2, 5208000.9)  # EPSG:26914, not on pixel edges
+    lonlat = (-99.17, 47.01, -99.15, 47.03)
+    assert main(["restore", str(tmp / "a"), str(tmp_path / "utm"), "--id", name, "--bbox", *map(str, box), "--quiet"]) == 0
+    assert main(["restore", str(tmp / "a"), str(tmp_path / "ll"), "--id", name, "--bbox", *map(str, lonlat),
+                 "--bbox-crs", "EPSG:4326", "--quiet"]) == 0
+    with rasterio.open(SHARED_GEO / name) as src:
+        want_ll = transform_bounds("EPSG:4326", src.crs, *lonlat, densify_pts=21)
+    for folder, want in (("utm", box), ("ll", want_ll)):
+        with rasterio.open(tmp_path / folder / name) as ds:
+            assert ds.crs.to_epsg() == 26914 and ds.count == 4 and ds.res == (5.0, 5.0)
+            assert all(abs(g - w) <= 5.0 for g, w in zip(ds.bounds, want)), (ds.bounds, want)
+        with rasterio.open(tmp / "d" / name) as whole:
+            c, r = map(round, ~whole.transform * (ds.bounds.left, ds.bounds.top))
+            with rasterio.open(tmp_path / folder / name) as part:
+                assert np.array_equal(part.read(), whole.read(window=((r, r + part.height), (c, c + part.width))))
