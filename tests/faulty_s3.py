@@ -1,0 +1,109 @@
+"""A fault injector in front of the S3 test server: an HTTP proxy on 127.0.0.1 that forwards each
+request to moto's server, except for a chosen fraction, which it answers with 503 SlowDown or 500
+InternalError (S3's XML error bodies), or drops (the connection is reset with no answer). The
+choice is a seeded random draw per request, so a run is reproducible; ``counts`` says what it did.
+
+    with FaultyS3(upstream="http://127.0.0.1:5000", rate=0.05, seed=1) as proxy:
+        encode_local(src, "s3://bucket/archive", storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
+        proxy.counts  # {"forwarded": ..., "503": ..., "500": ..., "reset": ...}
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+FAULTS = ("503", "500", "reset")
+_BODIES = {
+    "503": (503, "SlowDown", "Please reduce your request rate."),
+    "500": (500, "InternalError", "We encountered an internal error. Please try again."),
+}
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+class FaultyS3:
+    def __init__(self, upstream: str, rate: float, seed: int = 0, faults: tuple[str, ...] = FAULTS) -> None:
+        self.upstream = urlsplit(upstream)
+        self.rate = rate
+        self.faults = faults
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._draw()
+                if fault == "reset":
+                    self.close_connection = True
+                    try:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    finally:
+                        self.connection.close()
+                    return
+                if fault in _BODIES:
+                    status, code, message = _BODIES[fault]
+                    payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                               f"<Message>{message}</Message><RequestId>faulty</RequestId></Error>").encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for k, v in response.getheaders():
+                    if k.lower() not in _HOP and (k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)  # a HEAD's Content-Length is the object's size
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _draw(self) -> str | None:
+        with self._lock:
+            if self._rng.random() < self.rate:
+                fault = self._rng.choice(self.faults)
+            else:
+                fault = "forwarded"
+            self.counts[fault] += 1
+        return None if fault == "forwarded" else fault
+
+    @property
+    def injected(self) -> int:
+        return sum(self.counts[f] for f in FAULTS)
+
+    def __enter__(self) -> FaultyS3:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
