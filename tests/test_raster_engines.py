@@ -17,6 +17,7 @@ from coldpress.pipelines.local import encode_local, restore_local  # noqa: E402
 from coldpress.transforms.archive import open_archive  # noqa: E402
 from test_raster import geotiff_bytes, smooth_bands, ten_band_uint16  # noqa: E402
 
+REGION = {"window": (5, 7, 20, 11)}
 COLUMNS = ["id", "mode", "width", "height", "achieved_bpp", "bitstream", "bitstream_sha256", "recon_sha256", "psnr",
            "metadata"]
 
@@ -27,7 +28,7 @@ def _rows(archive: Path) -> dict:
 
 def test_ray_and_beam_archive_and_restore_rasters_like_the_local_engine(tmp_path):
     from coldpress.pipelines.beam import encode_beam, restore_beam
-    from coldpress.pipelines.ray import connect, encode_ray, restore_ray
+    from coldpress.pipelines.ray import RestoreService, connect, encode_ray, restore_ray
 
     src = tmp_path / "src"
     src.mkdir()
@@ -44,6 +45,11 @@ def test_ray_and_beam_archive_and_restore_rasters_like_the_local_engine(tmp_path
     try:
         encode_ray(str(src), str(tmp_path / "ray"), **opts)
         restore_ray(str(tmp_path / "local"), str(tmp_path / "ray-restored"), progress=False)
+        # The warm restore service: whole rasters as COGs, and regions decoded from their tiles.
+        with RestoreService.start(str(tmp_path / "local"), num_decoders=1) as service:
+            service_paths = service.restore(["scene.tif", "photo.png"], str(tmp_path / "svc"))
+            service_region = service.restore(["scene.tif"], str(tmp_path / "svc-region"), region=REGION)
+            region_pixels = service.restore_pixels(["scene.tif"], region=REGION)["scene.tif"]
     finally:
         if started_here:
             ray.shutdown()
@@ -51,6 +57,16 @@ def test_ray_and_beam_archive_and_restore_rasters_like_the_local_engine(tmp_path
     restore_beam(str(tmp_path / "local"), str(tmp_path / "beam-restored"), progress=False,
                  pipeline_args=["--direct_num_workers=1"])
     restore_local(str(tmp_path / "local"), str(tmp_path / "local-restored"), progress=False)
+    restore_local(str(tmp_path / "local"), str(tmp_path / "local-region"), ids=["scene.tif"], progress=False,
+                  region=REGION)
+    assert [Path(p).name for p in service_paths] == ["photo.png", "scene.tif"]
+    assert [Path(p).name for p in service_region] == ["scene.tif"]
+    for a, b in (("local-restored", "svc"), ("local-region", "svc-region")):
+        with rasterio.open(tmp_path / a / "scene.tif") as x, rasterio.open(tmp_path / b / "scene.tif") as y:
+            assert (x.crs, x.transform, x.shape, x.count, x.nodata) == (y.crs, y.transform, y.shape, y.count, y.nodata)
+            assert np.array_equal(x.read(), y.read())
+    with rasterio.open(tmp_path / "local-region" / "scene.tif") as x:
+        assert x.shape == (11, 20) and np.array_equal(x.read().transpose(1, 2, 0), region_pixels)
 
     local = _rows(tmp_path / "local")
     assert sorted(local) == ["photo.png", "rgbn.tif", "scene.tif"] and local["scene.tif"]["mode"] == "RASTER"

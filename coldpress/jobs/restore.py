@@ -68,22 +68,17 @@ def run(args: argparse.Namespace) -> int:
     from coldpress.jobs.encode import beam_kwargs
 
     if args.service:
-        return _run_service(args)
+        return _run_service(args, _region(args))
     if args.stop_service:
         from coldpress.errors import ColdpressError
 
         raise ColdpressError("--stop-service applies to --service only; add --service")
     from coldpress.errors import ColdpressError
 
-    region = None
-    if args.window:
-        region = {"window": tuple(args.window)}
-    elif args.bbox:
-        region = {"bbox": tuple(args.bbox), "bbox_crs": args.bbox_crs}
-    elif args.bbox_crs:
-        raise ColdpressError("--bbox-crs applies to --bbox only; add --bbox MINX MINY MAXX MAXY")
+    region = _region(args)
     if region and args.engine != "local":
-        raise ColdpressError(f"--window and --bbox run on the local engine; drop --engine {args.engine}")
+        raise ColdpressError(f"--window and --bbox run on the local engine or the warm service (--service); "
+                             f"drop --engine {args.engine}")
     module, function = ENGINES[args.engine]
     restore = getattr(importlib.import_module(module), function)
     paths = restore(
@@ -95,7 +90,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_service(args: argparse.Namespace) -> int:
+def _region(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The region of --window / --bbox (with --bbox-crs), or None."""
+    from coldpress.errors import ColdpressError
+
+    if args.window:
+        return {"window": tuple(args.window)}
+    if args.bbox:
+        return {"bbox": tuple(args.bbox), "bbox_crs": args.bbox_crs}
+    if args.bbox_crs:
+        raise ColdpressError("--bbox-crs applies to --bbox only; add --bbox MINX MINY MAXX MAXY")
+    return None
+
+
+def _run_service(args: argparse.Namespace, region: dict[str, Any] | None = None) -> int:
     """``--service``: send the request to the archive's warm service (started when none runs)."""
     from coldpress.errors import ColdpressError
     from coldpress.jobs.cli import say, storage_options
@@ -122,7 +130,7 @@ def _run_service(args: argparse.Namespace) -> int:
 
             fs, _ = filesystem_for(args.archive, options)
             ids = open_archive(args.archive, filesystem=fs).read(columns=["id"]).column("id").to_pylist()
-        paths = service.restore(ids, args.dst, args.fmt, storage_options=options)
+        paths = service.restore(ids, args.dst, args.fmt, storage_options=options, region=region)
     finally:
         if args.stop_service:
             service.shutdown()

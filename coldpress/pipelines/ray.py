@@ -75,6 +75,7 @@ from coldpress.transforms.archive import (
     open_archive,
     write_shard,
 )
+from coldpress.transforms.archive.lease import leased
 from coldpress.transforms.plan import (
     check_strict,
     join_destination,
@@ -86,9 +87,14 @@ from coldpress.transforms.plan import (
 )
 from coldpress.transforms.records import (
     decode_record,
-    restore_record,
+    decode_region_record,
+    is_raster_row,
     process_input,
+    raster_file_bytes,
+    restore_record,
     restored_names,
+    with_extension,
+    write_file_bytes,
     write_image,
 )
 from coldpress.transforms.faults import environment_cause
@@ -298,6 +304,7 @@ def _codec_spec(codec: str | Codec, codec_options: Mapping[str, Any] | None = No
     return str(codec), dict(codec_options or {})
 
 
+@leased
 def encode_ray(
     src: str,
     dst: str,
@@ -542,8 +549,12 @@ class _ServiceDecoder:
     def ready(self) -> bool:
         return True
 
-    def restore(self, ids: list[str]) -> dict[str, tuple[str, Any]]:
-        """id -> ("ok", pixels) | ("error", reason) | ("missing", reason)."""
+    def restore(self, ids: list[str], fmt: str | None = None, region: dict[str, Any] | None = None
+                ) -> dict[str, tuple[str, Any]]:
+        """id -> ("ok", pixels) | ("file", (extension, bytes)) | ("error", reason) | ("missing", reason).
+
+        Rasters asked for in a file format ``fmt`` come back as that file's bytes (a COG by default);
+        ``region`` restores only a window or box of each raster, decoding only the tiles it overlaps."""
         table = self.arch.read(ids=ids, missing="ignore")
         if table.num_rows < len(set(ids)):  # the archive may have grown since the service started
             self._open()
@@ -551,7 +562,10 @@ class _ServiceDecoder:
         out: dict[str, tuple[str, Any]] = {}
         for row in table.to_pylist():
             try:
-                out[row["id"]] = ("ok", decode_record(row))
+                if fmt is not None and is_raster_row(row):
+                    out[row["id"]] = ("file", raster_file_bytes(row, fmt, region))
+                else:
+                    out[row["id"]] = ("ok", decode_region_record(row, region))
             except Exception as exc:  # noqa: BLE001
                 out[row["id"]] = ("error", restore_failure(exc) or f"{type(exc).__name__}: {exc}")
         for rid in ids:
@@ -578,12 +592,14 @@ class _ServiceRouter:
         await asyncio.gather(*(d.ready.remote() for d in self.decoders))
         return self.settings
 
-    async def restore(self, ids: list[str]) -> dict[str, tuple[str, Any]]:
+    async def restore(self, ids: list[str], fmt: str | None = None, region: dict[str, Any] | None = None
+                      ) -> dict[str, tuple[str, Any]]:
         ids = sorted(set(ids))
         k = min(len(self.decoders), max(1, len(ids)))
         chunks = [ids[i * len(ids) // k:(i + 1) * len(ids) // k] for i in range(k)]  # contiguous: shared row groups
         start, self._next = self._next, (self._next + k) % len(self.decoders)
-        refs = [self.decoders[(start + i) % len(self.decoders)].restore.remote(c) for i, c in enumerate(chunks) if c]
+        refs = [self.decoders[(start + i) % len(self.decoders)].restore.remote(c, fmt, region)
+                for i, c in enumerate(chunks) if c]
         out: dict[str, tuple[str, Any]] = {}
         for part in await asyncio.gather(*refs):
             out.update(part)
@@ -645,11 +661,13 @@ class RestoreService:
     def info(self) -> dict[str, Any]:
         return ray.get(self._router.ready.remote())
 
-    def _results(self, ids: Iterable[str]) -> tuple[list[str], dict[str, tuple[str, Any]]]:
+    def _results(self, ids: Iterable[str], fmt: str | None = None, region: Mapping[str, Any] | None = None
+                 ) -> tuple[list[str], dict[str, tuple[str, Any]]]:
         if isinstance(ids, str):
             raise TypeError("ids must be a list of ids, not a single string")
         wanted = sorted(set(ids))
-        results = ray.get(self._router.restore.remote(wanted)) if wanted else {}
+        region = dict(region) if region else None
+        results = ray.get(self._router.restore.remote(wanted, fmt, region)) if wanted else {}
         missing = [rid for rid in wanted if results[rid][0] == "missing"]
         if missing:
             shown = ", ".join(map(repr, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
@@ -660,28 +678,37 @@ class RestoreService:
             )
         return wanted, results
 
-    def restore_pixels(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """Decoded images by id; ArchiveError for absent ids or rows that do not decode."""
-        wanted, results = self._results(ids)
+    def restore_pixels(self, ids: Iterable[str], region: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Decoded images by id (rasters: (H, W, bands) in their type; only ``region`` of each with a
+        region); ArchiveError for absent ids or rows that do not decode."""
+        wanted, results = self._results(ids, None, region)
         failures = [(rid, results[rid][1]) for rid in wanted if results[rid][0] == "error"]
         if failures:
             raise restore_failures_error(failures, len(wanted), len(wanted) - len(failures), self.archive, "memory")
         return {rid: results[rid][1] for rid in wanted}
 
     def restore(self, ids: Iterable[str], dst: str, fmt: str = DEFAULT_RESTORE_FORMAT,
-                storage_options: Mapping[str, Any] | None = None) -> list[str]:
-        """Write the images of ``ids`` under ``dst``; return the paths, sorted by id."""
+                storage_options: Mapping[str, Any] | None = None, region: Mapping[str, Any] | None = None
+                ) -> list[str]:
+        """Write the images of ``ids`` under ``dst``; return the paths, sorted by id. Rasters are
+        written as ``records.restore_record`` writes them (a COG by default), only ``region`` of
+        each with a region ({"window": ...} or {"bbox": ..., "bbox_crs": ...})."""
         dst = str(dst)
-        wanted, results = self._results(ids)
+        wanted, results = self._results(ids, fmt, region)
         names = restored_names(wanted, fmt)
         written, failures = [], []
         for rid in wanted:
             status, value = results[rid]
-            if status != "ok":
+            if status not in ("ok", "file"):
                 failures.append((rid, value))
                 continue
             target = join_destination(dst, names[rid])
-            write_image(value, target, fmt, dict(storage_options or {}) or None)
+            if status == "file":
+                ext, data = value
+                target = with_extension(target, ext)
+                write_file_bytes(data, target, dict(storage_options or {}) or None)
+            else:
+                write_image(value, target, fmt, dict(storage_options or {}) or None)
             written.append(target)
         if failures:
             raise restore_failures_error(failures, len(wanted), len(written), self.archive, dst)

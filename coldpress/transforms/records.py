@@ -482,7 +482,7 @@ def write_file_bytes(data: bytes, dst_uri: str, storage_options: dict[str, Any] 
 
 
 # -- restoring rows, rasters included -------------------------------------------------------------
-def _with_extension(target: str, ext: str) -> str:
+def with_extension(target: str, ext: str) -> str:
     head, _, name = str(target).rpartition("/")
     stem, dot, _old = name.rpartition(".")
     name = f"{stem if dot and stem else name}.{ext}"
@@ -515,27 +515,56 @@ def restore_record(
             )
         write_image(decode_record(row), target, fmt, storage_options)
         return str(target)
-    bitstream = checked_bitstream(row)
-    pkg = raster.unpack_package(bitstream)
+    pkg = raster.unpack_package(checked_bitstream(row))
+    meta = _raster_meta(row)
+    ext, data = _raster_file(pkg, meta, fmt, region)
+    target = with_extension(target, ext)
+    write_file_bytes(data, target, storage_options)
+    return str(target)
+
+
+def _raster_meta(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        meta = json.loads(row.get("metadata") or "{}")["raster"]
+        return json.loads(row.get("metadata") or "{}")["raster"]
     except (ValueError, KeyError, TypeError):
         raise BitstreamError(
             f"archive row {row.get('id')!r} holds a raster but its metadata lacks the 'raster' description "
             "(CRS, transform); the row is damaged: re-encode the source"
         ) from None
+
+
+def _raster_file(pkg: "raster.Package", meta: dict[str, Any], fmt: str, region: Mapping[str, Any] | None
+                 ) -> tuple[str, bytes]:
     window = raster.resolve_window(meta, **dict(region)) if region else None
     driver = _RASTER_DRIVERS.get(fmt)
     if driver is None:
         pixels, _ = raster.decode_region(pkg, window)
-        write_image(raster.coded_8bit(pixels, pkg.header), target, fmt, storage_options)
-        return str(target)
-    target = _with_extension(target, "tif")
+        return _output_format(fmt)[1], image_bytes(raster.coded_8bit(pixels, pkg.header), fmt)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="coldpress-restore-") as tmp:
         local = os.path.join(tmp, "out.tif")
         raster.write_raster(pkg, meta, local, driver=driver, window=window)
         with open(local, "rb") as f:
-            write_file_bytes(f.read(), target, storage_options)
-    return str(target)
+            return "tif", f.read()
+
+
+def raster_file_bytes(row: Mapping[str, Any], fmt: str = "auto", region: Mapping[str, Any] | None = None
+                      ) -> tuple[str, bytes]:
+    """(file extension, file content) of a raster row restored as ``restore_record`` writes it (a
+    region of it with ``region``): what the warm restore service sends back for rasters."""
+    return _raster_file(raster.unpack_package(checked_bitstream(row)), _raster_meta(row), str(fmt or "auto").lower(),
+                        region)
+
+
+def decode_region_record(row: Mapping[str, Any], region: Mapping[str, Any] | None = None) -> np.ndarray:
+    """``decode_record`` of a raster row, or of only a region of it (decoding the tiles it overlaps)."""
+    if not region:
+        return decode_record(row)
+    if not is_raster_row(row):
+        raise ColdpressError(
+            f"{row.get('id')!r} is a photo, not a georeferenced raster: --window and --bbox restore regions "
+            "of rasters only; restore it whole (drop --window/--bbox)"
+        )
+    pkg = raster.unpack_package(checked_bitstream(row))
+    return raster.decode_region(pkg, raster.resolve_window(_raster_meta(row), **dict(region)))[0]

@@ -1,0 +1,147 @@
+"""Large-scene figures of the raster path: peak memory of encoding, full vs region restore time, seams.
+
+    .venv/bin/python tools/bench_raster_scale.py --size 8192 --bands 4 --codec webp --bpp 0.4 --out /tmp/scale
+
+1. writes a SIZE x SIZE, BANDS-band uint16 GeoTIFF (tiled, deflate) window by window;
+2. encodes it in a child process, as the engines do (file bytes in, ``records.process_input``), and
+   reports that process's peak RSS;
+3. restores it whole (COG) and a 1024 x 1024 region (``--window``, not aligned to the tiles) and
+   reports both times;
+4. seams: PSNR of the tiled decode against the same raster coded as one tile (``--seam-size`` px,
+   tiles of ``--seam-tile``), and the mean absolute step across tile edges vs inside tiles.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _scene_band(b: int, y0: int, x0: int, h: int, w: int, size: int, rng) -> np.ndarray:
+    y, x = np.mgrid[y0:y0 + h, x0:x0 + w] / size
+    f = (np.sin(2 * np.pi * (x * (3 + b) + 2 * y)) + np.cos(2 * np.pi * (5 * y - x * (1 + b)))
+         + 0.6 * np.sin(40 * np.pi * x * y))
+    return np.clip(6000 + 2500 * f + rng.normal(0, 30, f.shape), 0, 65535).astype(np.uint16)
+
+
+def write_scene(path: str, size: int, bands: int) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=bands, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(300000, 5000000, 10, 10), nodata=0, tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate", predictor=2, BIGTIFF="IF_SAFER") as ds:
+        step = 1024
+        for y0 in range(0, size, step):
+            for x0 in range(0, size, step):
+                h, w = min(step, size - y0), min(step, size - x0)
+                block = np.stack([_scene_band(b, y0, x0, h, w, size, rng) for b in range(bands)])
+                ds.write(block, window=Window(x0, y0, w, h))
+
+
+def _child_encode(path: str, archive: str, codec: str, bpp: float) -> None:
+    from coldpress.pipelines.local import encode_local
+
+    t = time.monotonic()
+    manifest = encode_local(os.path.dirname(path), archive, codec=codec, bpp=bpp, progress=False)
+    print(json.dumps({"encode_s": time.monotonic() - t, "archived": manifest["archived"],
+                      "rejected": manifest["rejected"],
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def seams(codec: str, bpp: float, size: int, tile: int) -> dict:
+    import rasterio  # noqa: F401
+    from rasterio.io import MemoryFile
+    from rasterio.transform import from_origin
+
+    from coldpress.codec import get_codec
+    from coldpress.metrics import psnr_from_mse
+    from coldpress.transforms import raster
+
+    rng = np.random.default_rng(1)
+    data = np.stack([_scene_band(b, 0, 0, size, size, size // 4, rng) for b in range(3)])
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=size, height=size, count=3, dtype="uint16", crs="EPSG:32633",
+                      transform=from_origin(0, 0, 10, 10)) as ds:
+            ds.write(data)
+        tif = mem.read()
+    c = get_codec(codec)
+    tiled = raster.encode_raster(tif, "seams.tif", c, bpp, tile_size=tile)
+    whole = raster.encode_raster(tif, "seams.tif", c, bpp, tile_size=10 * size)
+    a = raster.decode_package(tiled.package).astype(np.float64)
+    b = raster.decode_package(whole.package).astype(np.float64)
+    src = data.transpose(1, 2, 0).astype(np.float64)
+    peak = float(src.max() - src.min())
+    edges = [t["x"] for t in raster.unpack_package(tiled.package).header["tiles"] if t["x"] > 0]
+    edges = sorted(set(edges))
+    step_edge = float(np.mean([np.abs(a[:, e] - a[:, e - 1]).mean() for e in edges])) if edges else None
+    inner = [e + tile // 2 for e in edges]
+    step_inner = float(np.mean([np.abs(a[:, e] - a[:, e - 1]).mean() for e in inner])) if inner else None
+    src_edge = float(np.mean([np.abs(src[:, e] - src[:, e - 1]).mean() for e in edges])) if edges else None
+    return {
+        "size": size, "tile": tile, "tiles": len(raster.unpack_package(tiled.package).header["tiles"]),
+        "psnr_tiled_vs_source": psnr_from_mse(float(np.mean((a - src) ** 2)), peak),
+        "psnr_untiled_vs_source": psnr_from_mse(float(np.mean((b - src) ** 2)), peak),
+        "psnr_tiled_vs_untiled": psnr_from_mse(float(np.mean((a - b) ** 2)), peak),
+        "mean_step_across_tile_edges": step_edge, "mean_step_half_a_tile_away": step_inner,
+        "mean_step_of_source_at_edges": src_edge,
+        "bytes_tiled": len(tiled.package), "bytes_untiled": len(whole.package),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=8192)
+    p.add_argument("--bands", type=int, default=4)
+    p.add_argument("--codec", default="webp")
+    p.add_argument("--bpp", type=float, default=0.4)
+    p.add_argument("--out", default="/tmp/coldpress-scale")
+    p.add_argument("--seam-size", type=int, default=1536)
+    p.add_argument("--seam-tile", type=int, default=512)
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        path, archive, codec, bpp = args.child
+        _child_encode(path, archive, codec, float(bpp))
+        return
+    os.makedirs(os.path.join(args.out, "src"), exist_ok=True)
+    path = os.path.join(args.out, "src", "scene.tif")
+    archive = os.path.join(args.out, "archive")
+    result: dict = {"size": args.size, "bands": args.bands, "codec": args.codec, "bpp": args.bpp}
+    t = time.monotonic()
+    if not os.path.exists(path):
+        write_scene(path, args.size, args.bands)
+    result["write_scene_s"] = time.monotonic() - t
+    result["source_bytes"] = os.path.getsize(path)
+    subprocess.run(["rm", "-rf", archive, os.path.join(args.out, "full"), os.path.join(args.out, "region")], check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", path, archive, args.codec, str(args.bpp)],
+                         check=True, capture_output=True, text=True).stdout
+    result.update(json.loads(out.strip().splitlines()[-1]))
+
+    from coldpress.pipelines.local import restore_local
+
+    t = time.monotonic()
+    restore_local(archive, os.path.join(args.out, "full"), progress=False)
+    result["full_restore_s"] = time.monotonic() - t
+    off = args.size // 2 - 512 + 100  # not aligned to the tile grid: four tiles decoded
+    t = time.monotonic()
+    restore_local(archive, os.path.join(args.out, "region"), progress=False,
+                  region={"window": (off, off, 1024, 1024)})
+    result["region_restore_s"] = time.monotonic() - t
+    result["region_fraction_of_full"] = result["region_restore_s"] / result["full_restore_s"]
+    result["seams"] = seams(args.codec, args.bpp, args.seam_size, args.seam_tile)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
