@@ -75,6 +75,7 @@ from coldpress.transforms.archive import (
     read_manifest,
     write_shard,
 )
+from coldpress.transforms.archive.lease import leased
 from coldpress.transforms.plan import (
     check_strict,
     join_destination,
@@ -605,6 +606,7 @@ class RestoreImages(beam.PTransform):
 
 
 # -- jobs ------------------------------------------------------------------------------------------
+@leased
 def encode_beam(
     src: str,
     dst: str,

@@ -34,6 +34,7 @@ from coldpress.codec.registry import rebuildable
 from coldpress.errors import ColdpressError, EnvironmentFault
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, ArchiveWriter, open_archive
+from coldpress.transforms.archive.lease import leased
 from coldpress.transforms.plan import (
     check_strict,
     join_destination,
@@ -153,6 +154,7 @@ def _closing(pool: _WorkerPool | None) -> Iterator[None]:
             pool.close()
 
 
+@leased
 def encode_local(
     src: str,
     dst: str,
