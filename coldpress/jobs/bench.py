@@ -147,8 +147,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     add_engine_options(pipeline)
     pipeline.set_defaults(_bench=run_pipeline)
+    from coldpress.jobs.bench_scale import add_parser as add_scale
 
-    for sub in (rd, speed, pipeline):  # also accept --quiet after the benchmark's name
+    scale = add_scale(benches)
+
+    for sub in (rd, speed, pipeline, scale):  # also accept --quiet after the benchmark's name
         sub.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
                          help="no progress bars or summaries")
     return p
@@ -590,7 +593,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         # Warm-up, untimed: imports and the codec's first call (model load) are not the loop's cost.
         encode_local(str(src / images[0].name), str(work / "warm-up"), codec=args.codec, bpp=args.bpp, progress=False)
         runs = {}
-        for engine, encode, kwargs in (("local", encode_local, {}), (args.engine, encode_engine, extra)):
+        for engine, encode, kwargs in (("local", encode_local, {"workers": 1}), (args.engine, encode_engine, extra)):
             with _PeakMemory() as memory:
                 start = time.perf_counter()
                 manifest = encode(str(src), str(work / engine), codec=args.codec, bpp=args.bpp, progress=False,
