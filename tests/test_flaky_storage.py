@@ -8,7 +8,6 @@ import io
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import s3fs
 from PIL import Image
 

@@ -57,7 +57,23 @@ class Bitstream:
         return self.width * self.height
 
 
-def _varint(n: int) -> bytes:
+def read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """(value, next position) of a varint at ``pos``; BitstreamError naming ``what`` when it is cut or too long."""
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise BitstreamError(f"{what} is truncated or corrupted (bad length field); restore it from a replica")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def varint(n: int) -> bytes:
+    """LEB128 encoding of a non-negative integer (the container's, the learned payload's and the raster
+    package's length fields)."""
     if n < 0:
         raise ValueError(f"varint must be non-negative, got {n}")
     out = bytearray()
@@ -88,19 +104,19 @@ def pack(b: Bitstream) -> bytes:
     parts = [
         MAGIC,
         bytes([FORMAT_VERSION, flags]),
-        _varint(b.width),
-        _varint(b.height),
+        varint(b.width),
+        varint(b.height),
         bytes([MODES.index(b.mode)]),
         _short("codec name", b.codec.encode("ascii")),
         _short("model id", b.model_id.encode("ascii")),
         _short("weights hash", b.weights_hash),
-        _varint(len(params)),
+        varint(len(params)),
         params,
-        _varint(len(b.payload)),
+        varint(len(b.payload)),
         b.payload,
     ]
     if b.alpha:
-        parts += [_varint(len(b.alpha)), b.alpha]
+        parts += [varint(len(b.alpha)), b.alpha]
     body = b"".join(parts)
     return body + struct.pack(">I", zlib.crc32(body))
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from coldpress.codec.base import Codec
+from coldpress.codec.container import read_varint, varint
 from coldpress.codec.models import LoadedModel, load_model
 from coldpress.codec.networks import anchor_mask
 from coldpress.codec.registry import register
@@ -51,29 +52,6 @@ SCALE_SEARCH_MARGIN_DB = 0.02
 #: ... and it is tried only when the larger scale's knob is this low (in 1/16ths): higher knobs never
 #: lost to a smaller scale on Kodak, so the search would only cost time there.
 SCALE_SEARCH_MAX_Q16 = 2 * Q_STEPS
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise BitstreamError("learned payload is truncated or corrupted (bad length field); restore it from a replica")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
 
 
 def _scaled_size(w: int, h: int, eighths: int) -> tuple[int, int]:
@@ -198,14 +176,14 @@ class LearnedCodec(Codec):
         means, scales = self._latent_parameters(y, z_hat)
         indexes = loaded.scale_indexes(scales)
         gc = net.gaussian_conditional
-        head = _varint(len(z_strings[0])) + z_strings[0]
+        head = varint(len(z_strings[0])) + z_strings[0]
         if not loaded.has_context:
             with self._lock:
                 return head + gc.compress(y, indexes, means=means)[0]
         anchor = anchor_mask(*y.shape[-2:])
         with self._lock:
             anchors, others = (gc.compress(y[..., m], indexes[..., m], means=means[..., m])[0] for m in (anchor, ~anchor))
-        return head + _varint(len(anchors)) + anchors + others
+        return head + varint(len(anchors)) + anchors + others
 
     @torch.no_grad()
     def estimate_bits(self, rgb: np.ndarray, q16: int, eighths: int = 8) -> float:
@@ -223,7 +201,7 @@ class LearnedCodec(Codec):
         """The gain-scaled latent y_hat (float64, CPU) of a payload."""
         net, loaded = self.net, self.loaded
         gc = net.gaussian_conditional
-        n_z, pos = _read_varint(payload, 0)
+        n_z, pos = read_varint(payload, 0, "learned payload")
         if pos + n_z > len(payload):
             raise BitstreamError("learned payload is truncated (hyper-latent longer than the payload)")
         z_string, pos = payload[pos : pos + n_z], pos + n_z
@@ -233,7 +211,7 @@ class LearnedCodec(Codec):
         if not loaded.has_context:
             with self._lock:
                 return gc.decompress([payload[pos:]], loaded.scale_indexes(scales), means=means)
-        n_a, pos = _read_varint(payload, pos)
+        n_a, pos = read_varint(payload, pos, "learned payload")
         if pos + n_a > len(payload):
             raise BitstreamError("learned payload is truncated (anchor latents longer than the payload)")
         anchor = anchor_mask(*means.shape[-2:])

@@ -103,21 +103,17 @@ class PillowCodec(Codec):
         image, options = self._prepare(np.ascontiguousarray(rgb))
         return self._save(image, quality, options)
 
-    def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
-        h, w = rgb.shape[:2]
-        image, options = self._prepare(rgb)
+    def _highest_quality(self, image: Image.Image, options: dict[str, Any],
+                         max_payload_bytes: int) -> tuple[bytes | None, int]:
+        """(payload at the highest quality that fits, that quality), or (None, size at the lowest quality).
+
+        Sizes grow with quality almost monotonically; where they do not, this still returns a fit.
+        """
         lo, hi = self.quality_range
         best = self._save(image, lo, options)
         if len(best) > max_payload_bytes:
-            raise _LowestQualityTooLarge(
-                f"{self.name} cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes: its "
-                f"lowest quality needs {len(best)}; {self.lower_rate_hint}",
-                needed_payload_bytes=len(best),
-                max_payload_bytes=max_payload_bytes,
-            )
-        # Highest quality that fits: `lo` always fits, `hi + 1` is out of range (treated as too big).
-        # Sizes grow with quality almost monotonically; where they do not, this still returns a fit.
-        best_q, too_big = lo, hi + 1
+            return None, len(best)
+        best_q, too_big = lo, hi + 1  # `lo` fits, `hi + 1` is out of range (treated as too big)
         while too_big - best_q > 1:
             mid = (best_q + too_big) // 2
             payload = self._save(image, mid, options)
@@ -125,7 +121,20 @@ class PillowCodec(Codec):
                 best_q, best = mid, payload
             else:
                 too_big = mid
-        return best, self._params(best_q)
+        return best, best_q
+
+    def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
+        h, w = rgb.shape[:2]
+        image, options = self._prepare(rgb)
+        best, quality = self._highest_quality(image, options, max_payload_bytes)
+        if best is None:
+            raise _LowestQualityTooLarge(
+                f"{self.name} cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes: its "
+                f"lowest quality needs {quality}; {self.lower_rate_hint}",
+                needed_payload_bytes=quality,
+                max_payload_bytes=max_payload_bytes,
+            )
+        return best, self._params(quality)
 
     def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
         scale = params.get("s", 1)
@@ -274,20 +283,10 @@ class AvifBestCodec(AvifCodec):
         image = Image.fromarray(rgb[:, :, 0] if grayscale else rgb, "L" if grayscale else "RGB")
         if (cw, ch) != (w, h):
             image = image.resize((cw, ch), _RESAMPLE)
-        options = self._save_options(grayscale)
-        lo, hi = self.quality_range
-        best = self._save(image, lo, options)
-        if len(best) > max_payload_bytes:
-            return None, len(best)
-        best_q, too_big = lo, hi + 1
-        while too_big - best_q > 1:
-            mid = (best_q + too_big) // 2
-            payload = self._save(image, mid, options)
-            if len(payload) <= max_payload_bytes:
-                best_q, best = mid, payload
-            else:
-                too_big = mid
-        return (best, {"q": best_q, "f": list(factor)}), len(best)
+        best, quality = self._highest_quality(image, self._save_options(grayscale), max_payload_bytes)
+        if best is None:
+            return None, quality
+        return (best, {"q": quality, "f": list(factor)}), len(best)
 
     def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
         from coldpress.metrics import psnr

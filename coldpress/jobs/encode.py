@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from coldpress.defaults import DEFAULT_CODEC
-from coldpress.jobs.engines import add_engine_options, engine_kwargs
+from coldpress.jobs.engines import add_engine_options, engine_kwargs, positive_int
 
 #: Engines by name: (module, encode function). The local engine runs in this process.
 ENGINES = {
@@ -27,16 +27,6 @@ def _bpp(text: str) -> float:
         return check_bpp(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bits per pixel; pass e.g. 0.05") from None
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; pass e.g. 2") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
 
 
 def dataset_src(args: argparse.Namespace) -> str:
@@ -101,7 +91,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_beam_option(p)
     add_engine_options(p)
     local = p.add_argument_group("local engine (--engine local)")
-    local.add_argument("--workers", type=_workers, default=None, metavar="N",
+    local.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="encode processes (default: one per CPU core; one for --codec learned, whose threads "
                        "use every core); the archive is the same for any N")
     p.add_argument("--strict", action="store_true", help="exit with status 2 when any input was rejected")

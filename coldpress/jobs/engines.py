@@ -18,7 +18,7 @@ ENGINE_OPTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -44,7 +44,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     ray_group.add_argument("--address", default=None, metavar="ADDRESS",
                            help="Ray cluster to join (auto, host:6379, ray://host:10001); default: $RAY_ADDRESS, "
                            "else a local Ray instance on this machine")
-    ray_group.add_argument("--actors", type=_positive_int, default=None, metavar="N",
+    ray_group.add_argument("--actors", type=positive_int, default=None, metavar="N",
                            help="codec actors (default: one per GPU with the learned codec on a GPU cluster, "
                            "else one per --cpus-per-actor CPUs)")
     ray_group.add_argument("--gpus-per-actor", type=_non_negative, default=None, metavar="G",
@@ -52,7 +52,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     ray_group.add_argument("--cpus-per-actor", type=_non_negative, default=None, metavar="C",
                            help="CPUs per codec actor (default: a node's CPUs, at most 8, for the learned codec "
                            "without GPUs; else 1)")
-    ray_group.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    ray_group.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                            help="images per actor call (default: 4 with the learned codec, else 32)")
 
 

@@ -86,7 +86,6 @@ from coldpress.transforms.plan import (
     run_manifest,
 )
 from coldpress.transforms.records import (
-    decode_record,
     decode_region_record,
     is_raster_row,
     process_input,

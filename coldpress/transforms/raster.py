@@ -43,6 +43,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from coldpress.codec.container import read_varint, varint
 from coldpress.errors import BitstreamError, ColdpressError, InputRejected, RateUnreachableError
 
 RASTER_MAGIC = b"CPRT"
@@ -262,14 +263,14 @@ def _pack_mask(valid: np.ndarray) -> bytes:
     for r in range(h):
         cur = per_row[r].tolist()
         same = bool(cur) and len(cur) == len(prev)
-        out += _varint(len(cur) * 2 + int(same))
+        out += varint(len(cur) * 2 + int(same))
         if same:
             for c, p in zip(cur, prev):
-                out += _varint(_zigzag(c - p))
+                out += varint(_zigzag(c - p))
         else:
             last = 0
             for c in cur:
-                out += _varint(c - last)
+                out += varint(c - last)
                 last = c
         prev = cur
     return zlib.compress(bytes(out), 9)
@@ -285,12 +286,12 @@ def _unpack_mask(blob: bytes, h: int, w: int) -> np.ndarray:
     prev: list[int] = []
     try:
         for r in range(h):
-            n, pos = _read_varint(raw, pos)
+            n, pos = read_varint(raw, pos, "this raster package")
             count, same = n >> 1, n & 1
             cur = []
             last = 0
             for k in range(count):
-                v, pos = _read_varint(raw, pos)
+                v, pos = read_varint(raw, pos, "this raster package")
                 if same:
                     cur.append(prev[k] + ((v >> 1) if not v & 1 else -((v + 1) >> 1)))
                 else:
@@ -364,34 +365,9 @@ def _apply_validity(tile: np.ndarray, valid: np.ndarray, b: int, nodata: float |
 
 
 # -- the package ----------------------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise BitstreamError("this raster package is truncated; restore it from a replica")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def pack_package(header: dict[str, Any], blobs: list[bytes]) -> bytes:
     head = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    body = bytes([RASTER_VERSION]) + _varint(len(head)) + head + b"".join(blobs)
+    body = bytes([RASTER_VERSION]) + varint(len(head)) + head + b"".join(blobs)
     data = RASTER_MAGIC + body
     return data + struct.pack(">I", zlib.crc32(data) & 0xFFFFFFFF)
 
@@ -427,7 +403,7 @@ def unpack_package(data: bytes) -> Package:
     version = data[4]
     if version > RASTER_VERSION:
         raise BitstreamError(f"raster package version {version} is newer than this coldpress reads ({RASTER_VERSION}); upgrade coldpress")
-    n, pos = _read_varint(data, 5)
+    n, pos = read_varint(data, 5, "this raster package")
     try:
         header = json.loads(data[pos:pos + n])
     except ValueError as exc:

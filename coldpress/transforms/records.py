@@ -160,32 +160,35 @@ def encode_record(
         )
     metadata = dict(decoded.metadata)
     metadata["codec_params"] = result.params
+    return _row(rid, uri, data, codec, bpp, bytes(result.bitstream), metadata, width=decoded.width,
+                height=decoded.height, mode=decoded.mode, source_format=decoded.source_format,
+                source_mode=decoded.source_mode, achieved_bpp=float(result.achieved_bpp),
+                recon_sha256=pixels_sha256(recon), psnr=psnr(decoded.pixels, recon))
+
+
+def _row(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, bitstream: bytes, metadata: dict[str, Any],
+         **coded: Any) -> dict[str, Any]:
+    """An archive row: the source's and codec's columns, plus ``coded`` (size, mode, formats, achieved
+    bpp, recon_sha256, psnr), which photos and rasters compute differently."""
     described = codec.describe()
     return {
         "id": rid,
         "source_uri": str(uri),
         "source_bytes": len(data),
         "source_sha256": hashlib.sha256(data).hexdigest(),
-        "width": decoded.width,
-        "height": decoded.height,
-        "mode": decoded.mode,
-        "source_format": decoded.source_format,
-        "source_mode": decoded.source_mode,
         "codec": codec.name,
         "model_id": codec.model_id,
         "weights_hash": str(described.get("weights_hash") or codec.weights_hash.hex()),
         "target_bpp": float(bpp),
-        "achieved_bpp": float(result.achieved_bpp),
-        "bitstream": bytes(result.bitstream),
-        "bitstream_sha256": hashlib.sha256(result.bitstream).hexdigest(),
-        "recon_sha256": pixels_sha256(recon),
-        "psnr": psnr(decoded.pixels, recon),
+        "bitstream": bitstream,
+        "bitstream_sha256": hashlib.sha256(bitstream).hexdigest(),
         "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str),
         "coldpress_version": coldpress_version(),
         "codec_version": codec_version(codec),
         "torch_version": installed_version("torch"),
         "device_class": str(codec.device_class),
         "created_at": _now(),
+        **coded,
     }
 
 
@@ -202,33 +205,10 @@ def _raster_record(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, ma
     meta = enc.metadata
     metadata = {"raster": meta, "quality": enc.quality, "codec_params": enc.codec_params,
                 "source_format": meta["driver"], "bit_depth": np.dtype(meta["dtype"]).itemsize * 8}
-    described = codec.describe()
-    return {
-        "id": rid,
-        "source_uri": str(uri),
-        "source_bytes": len(data),
-        "source_sha256": hashlib.sha256(data).hexdigest(),
-        "width": enc.width,
-        "height": enc.height,
-        "mode": raster.RASTER_MODE,
-        "source_format": meta["driver"],
-        "source_mode": f"{meta['count']}x{meta['dtype']}",
-        "codec": codec.name,
-        "model_id": codec.model_id,
-        "weights_hash": str(described.get("weights_hash") or codec.weights_hash.hex()),
-        "target_bpp": float(bpp),
-        "achieved_bpp": 8.0 * len(enc.package) / (enc.width * enc.height),
-        "bitstream": enc.package,
-        "bitstream_sha256": hashlib.sha256(enc.package).hexdigest(),
-        "recon_sha256": enc.recon_sha256,
-        "psnr": float(enc.quality["psnr"]),
-        "metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str),
-        "coldpress_version": coldpress_version(),
-        "codec_version": codec_version(codec),
-        "torch_version": installed_version("torch"),
-        "device_class": str(codec.device_class),
-        "created_at": _now(),
-    }
+    return _row(rid, uri, data, codec, bpp, enc.package, metadata, width=enc.width, height=enc.height,
+                mode=raster.RASTER_MODE, source_format=meta["driver"], source_mode=f"{meta['count']}x{meta['dtype']}",
+                achieved_bpp=8.0 * len(enc.package) / (enc.width * enc.height), recon_sha256=enc.recon_sha256,
+                psnr=float(enc.quality["psnr"]))
 
 
 def rejected_row(key: str, uri: str, reason: str) -> dict[str, Any]:
