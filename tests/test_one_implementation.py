@@ -37,7 +37,7 @@ def _calling(attr: str, owner: str) -> list[str]:
 def test_each_helper_is_defined_once():
     assert _defining("psnr") + _defining("_psnr") == ["coldpress/metrics.py"]
     assert _defining("check_bpp") == ["coldpress/codec/base.py"]
-    assert _defining("list_images") == ["coldpress/transforms/sources.py"]  # bench._list_images only wraps it
+    assert _defining("list_images") == ["coldpress/transforms/sources.py"]  # bench.common._list_images only wraps it
     assert _defining("coldpress_version") == ["coldpress/versions.py"]
     assert _defining("_version") == [] and _defining("_coldpress_version") == []
 

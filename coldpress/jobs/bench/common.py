@@ -1,0 +1,93 @@
+"""What the benchmarks share: output folders and tables, the default image folder, codecs by name,
+devices and their names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def default_eval_folder() -> Path:
+    """The Kodak set next to the repository (../shared/data/eval/kodak), else relative to the cwd."""
+    import coldpress
+
+    beside_repo = Path(coldpress.__file__).resolve().parents[2] / "shared" / "data" / "eval" / "kodak"
+    if beside_repo.is_dir():
+        return beside_repo
+    return Path("..") / "shared" / "data" / "eval" / "kodak"
+
+
+def _note(message: str) -> None:
+    print(f"coldpress bench: {message}", file=sys.stderr)
+
+
+def _resolve_device(choice: str) -> str:
+    import torch
+
+    from coldpress.errors import ColdpressError
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ColdpressError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return choice
+
+
+def _load_codec(name: str, args: argparse.Namespace):
+    """(codec, None) or (None, reason it is skipped)."""
+    from coldpress.codec import get_codec
+    from coldpress.errors import ColdpressError
+
+    if name != "learned":
+        try:
+            return get_codec(name), None
+        except ValueError as exc:  # an unknown name: a usage error, said before any work
+            raise ColdpressError(str(exc)) from None
+    from coldpress.codec.models import default_model_available
+
+    if args.model is None and not default_model_available():
+        return None, (
+            "no learned model is bundled with this installation (coldpress/codec/weights/MODELS.json); "
+            "pass --model PATH.safetensors to benchmark an exported model"
+        )
+    try:
+        return get_codec("learned", model=args.model, device=_resolve_device(args.device)), None
+    except ColdpressError as exc:
+        return None, str(exc)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    from coldpress.transforms.sources import list_images
+
+    return [Path(uri) for uri in list_images(str(folder))]
+
+
+def _write_csv(path: Path, fields, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in fields})
+
+
+def _device_name(device) -> str:
+    """The GPU's name, or the CPU model and torch's thread count."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        import platform
+
+        model = platform.processor() or model
+    return f"{model} ({torch.get_num_threads()} torch threads)"
