@@ -12,7 +12,7 @@ source_bytes       size of the source file
 source_sha256      sha256 (hex) of the source file's bytes
 width, height      size of the coded image (after EXIF orientation)
 mode               mode coded: L, LA, RGB or RGBA (see ``transforms/read.py`` for the policy); RASTER
-                   for a geospatial raster (``transforms/raster.py``)
+                   for a geospatial raster (``transforms/raster/``)
 source_format      Pillow's name of the source format (PNG, JPEG, TIFF, ...); GDAL's driver for rasters
 source_mode        Pillow's mode of the source (P, I;16, CMYK, ...); "<bands>x<dtype>" for rasters
 codec              codec name
@@ -193,7 +193,7 @@ def _row(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, bitstream: b
 
 
 def _raster_record(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, max_pixels: int) -> dict[str, Any]:
-    """The row of a geospatial raster (``transforms/raster.py``), verified on write tile by tile."""
+    """The row of a geospatial raster (``transforms/raster/``), verified on write tile by tile."""
     enc = raster.encode_raster(data, uri, codec, bpp, max_pixels=max_pixels)
     try:
         raster.unpack_package(enc.package)
