@@ -15,6 +15,11 @@ achieved rate, PSNR, MS-SSIM and encode/decode times. It writes to --out (defaul
     bd.csv           the Bjøntegaard deltas as a table
     rd.png           PSNR and MS-SSIM against achieved bpp, one line per codec
 
+On a folder of geospatial rasters (``jobs/bench/rd_raster.py``) every raster is coded as ``coldpress
+encode`` codes it (all bands, --codecs default learned), and JPEG 2000 (``jp2``, GDAL JP2OpenJPEG)
+and COG with WebP (``cog-webp``) are coded at the same or fewer bytes; per_image.csv then also has
+each band's PSNR and RMSE in the source's units, and summary.json a per-band table.
+
 Means over a (codec, target) whose target some images cannot reach mix easier images only: such
 rows are flagged (``complete`` false), drawn as hollow markers, and left out of the Bjøntegaard
 curves, which use only targets every image reached. Each codec is warmed up with one untimed
@@ -54,8 +59,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="local folder of images (default: ../shared/data/eval/kodak beside the repository)")
     rd.add_argument("--bpp", type=float, nargs="+", default=list(DEFAULT_BPPS), metavar="BPP",
                     help=f"target bits per pixel (default: {' '.join(map(str, DEFAULT_BPPS))})")
-    rd.add_argument("--codecs", nargs="+", default=list(DEFAULT_RD_CODECS), metavar="CODEC",
-                    help=f"codecs to compare (default: {' '.join(DEFAULT_RD_CODECS)})")
+    rd.add_argument("--codecs", nargs="+", default=None, metavar="CODEC",
+                    help=f"codecs to compare (default: {' '.join(DEFAULT_RD_CODECS)}; on a folder of geospatial "
+                    "rasters: learned, against JPEG 2000 (jp2) and COG-WebP (cog-webp) at its bytes)")
     rd.add_argument("--out", default="results/rd", metavar="DIR", help="output folder (default: results/rd)")
     rd.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted by name)")
     _learned_options(rd)

@@ -255,6 +255,11 @@ def run_rd(args: argparse.Namespace) -> int:
         raise ColdpressError(f"--bpp targets must be positive, got {targets}")
     if args.limit is not None and args.limit < 1:
         raise ColdpressError(f"--limit must be at least 1, got {args.limit}")
+    from coldpress.jobs.bench.rd_raster import raster_files, run_rd_raster
+
+    rasters, others = raster_files(folder)
+    if rasters:  # geospatial rasters: coldpress's raster package against JPEG 2000 and COG-WebP
+        return run_rd_raster(args, folder, rasters, others, targets)
     paths = _list_images(folder)[: args.limit]
     if not paths:
         raise ColdpressError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}; pass a folder of images")
@@ -270,7 +275,7 @@ def run_rd(args: argparse.Namespace) -> int:
         raise ColdpressError(f"none of the {len(paths)} files in {folder} opens as an image")
 
     codecs, skipped_codecs = {}, {}
-    for name in dict.fromkeys(args.codecs):
+    for name in dict.fromkeys(args.codecs or DEFAULT_RD_CODECS):
         codec, reason = _load_codec(name, args)
         if codec is None:
             skipped_codecs[name] = reason
