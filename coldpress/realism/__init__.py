@@ -48,9 +48,12 @@ images (``L``, ``LA``, ``RGB`` or ``RGBA`` arrays, alpha left out) and are deter
 - ``crops_figure(path, crops_by_name)``: a PNG grid of the same crops side by side, one labelled
   column per reconstruction, pixel for pixel (or enlarged ``zoom`` times, nearest neighbour).
 
-Speed (a Kodak image, 768x512, on this project's 2 shared CPU cores; numpy/scipy, no threads of
-our own): ``niqe`` about 0.2 s, ``sliced_wasserstein`` of one pair about 0.3 s (6 levels,
-1024 patches per level, 512 directions), ``high_frequency_energy_ratio`` about 0.03 s.
+Speed, one Kodak image (768x512), measured 2026-12-01 on this project's 2-core CPU (best of 5,
+OPENBLAS_NUM_THREADS=1): ``niqe`` 0.08 s of CPU, ``sliced_wasserstein`` of one pair 0.29 s (6
+levels, 1024 patches per level, 512 directions; about linear in the number of images pooled),
+``high_frequency_energy_ratio`` 0.02 s. Wall time was 0.2 s, 0.75-1.1 s and 0.06 s while a
+training job and other tests loaded the machine (load average 15). The SWD's value moves by about
+3 % (coefficient of variation) from seed to seed on one image; pooling more images lowers that.
 """
 
 from __future__ import annotations
