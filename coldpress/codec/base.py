@@ -19,7 +19,7 @@ import io
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -159,8 +159,11 @@ class Codec(abc.ABC):
             )
         return EncodeResult(bitstream=data, width=w, height=h, target_bpp=float(bpp), params=params)
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """Decode container bytes made by this codec (and model) back into an image array."""
+    def decode(self, data: bytes, refine: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Decode container bytes made by this codec (and model) back into an image array.
+
+        ``refine``, when given, maps the decoded (H, W, 3) colour image to the one returned (the
+        diffusion decoder's refinement), before the alpha plane and the mode are applied."""
         b = container.unpack(data)
         self.check_compatible(b)
         rgb = self._decode_rgb(b.payload, b.params, b.width, b.height)
@@ -169,6 +172,8 @@ class Codec(abc.ABC):
                 f"{self.name} decoded a {rgb.shape} {rgb.dtype} array where the header says "
                 f"{b.height}x{b.width}x3 uint8; the bitstream is corrupted, restore it from a replica"
             )
+        if refine is not None:
+            rgb = refine(rgb)
         alpha = None
         if b.alpha:
             try:

@@ -94,6 +94,16 @@ def codec_for_bitstream(data: bytes, **options: Any) -> Codec:
     return codec
 
 
-def decode_bitstream(data: bytes, **options: Any) -> np.ndarray:
-    """Decode container bytes with whichever registered codec made them."""
-    return codec_for_bitstream(data, **options).decode(data)
+def decode_bitstream(data: bytes, decoder: Any = None, **options: Any) -> np.ndarray:
+    """Decode container bytes with whichever registered codec made them.
+
+    ``decoder``: a ``coldpress.codec.diffusion.DecoderChoice`` (or a mapping of its fields, or
+    "diffusion"); None or "coarse" is the codec's own decoder."""
+    codec = codec_for_bitstream(data, **options)
+    if decoder is None or decoder == "coarse":
+        return codec.decode(data)
+    from coldpress.codec.diffusion import DecoderChoice, refiner
+
+    choice = DecoderChoice.of(decoder)
+    b = container.unpack(data)
+    return codec.decode(data, refine=refiner(choice, data, b.width, b.height))

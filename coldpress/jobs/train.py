@@ -24,13 +24,17 @@ DEFAULT_DATA = str(Path(__file__).resolve().parents[2].parent / "shared" / "data
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="coldpress train", description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="runs/extreme-v1", help="run folder for checkpoints and logs (resumed if present)")
+    p.add_argument("--stage", choices=("codec", "diffusion"), default="codec",
+                   help="what to train: the codec (default), or the diffusion decoder with the codec frozen "
+                        "(see coldpress.jobs.train_diffusion)")
+    p.add_argument("--run", default=None, help="run folder for checkpoints and logs (resumed if present; default "
+                   "runs/extreme-v1, or runs/diffusion for --stage diffusion)")
     p.add_argument("--data", action="append", help="training image folder, local or fsspec URL (repeatable; "
                    f"default {DEFAULT_DATA})")
     p.add_argument("--steps", type=int, default=1000, help="training steps to add in this run")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly after this many minutes")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--crop", type=int, default=None, help="crop side in pixels (default 256; 128 for --stage diffusion)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--latent-stride", type=int, choices=(16, 32), default=16, help="for a new run only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -50,6 +54,19 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--train-only", choices=("all", "context"), default="all",
                    help="'context': freeze the transforms and entropy models, train only the checkerboard context "
                         "on the rate (fast: the decoder is not run)")
+    diffusion = p.add_argument_group("diffusion decoder (--stage diffusion)")
+    diffusion.add_argument("--fixed-steps", type=int, default=2, choices=range(0, 6), metavar="K",
+                           help="steps of the decode chain fine-tuned end to end each training step (RDEIC's "
+                                "fixed-step fine-tuning; 0: the diffusion loss alone; default 2, also the "
+                                "decoder's default --steps)")
+    diffusion.add_argument("--pool", type=int, default=256, help="training pairs made by the frozen codec up front")
+    diffusion.add_argument("--refresh", type=int, default=2, help="pool pairs replaced by new ones each step")
+    diffusion.add_argument("--codec-model", action="append", metavar="ID_OR_PATH",
+                           help="codec model(s) whose coarse decodes train the decoder (repeatable; default "
+                                "the shipped default)")
+    diffusion.add_argument("--decoder-backbone", metavar="PATH",
+                           help="a local diffusers folder (unet/, vae/) of a Stable Diffusion checkpoint: train a "
+                                "ControlNet branch on it instead (coldpress.codec.diffusion.backbone)")
     return p
 
 
@@ -61,6 +78,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stage == "diffusion":
+        args.run = args.run or "runs/diffusion"
+        args.crop = args.crop or 128
+        from coldpress.jobs.train_diffusion import run as run_diffusion
+
+        return run_diffusion(args)
+    if args.decoder_backbone:
+        from coldpress.errors import ColdpressError
+
+        raise ColdpressError("--decoder-backbone trains the diffusion decoder; add --stage diffusion")
+    args.run = args.run or "runs/extreme-v1"
+    args.crop = args.crop or 256
     from coldpress.jobs.trainer import evaluate_checkpoint, export_run, train
 
     if args.steps > 0 or not (Path(args.run) / "state.json").exists():
