@@ -28,6 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from coldpress.codec.limits import check_pixels, loads_bounded
 from coldpress.errors import BitstreamError
 
 MAGIC = b"CPRS"
@@ -223,11 +224,12 @@ def unpack(data: bytes) -> Bitstream:
         raise _corrupted(f"unknown mode code {mode_code}")
     if not (0 < width <= _MAX_DIM and 0 < height <= _MAX_DIM):
         raise _corrupted(f"image size {width}x{height} is outside 1..{_MAX_DIM}")
+    check_pixels(width, height, "this bitstream")  # before any decoder allocates for it
     try:
-        params = json.loads(params_raw.decode()) if params_raw else {}
+        params = loads_bounded(params_raw.decode(), "the params field") if params_raw else {}
         codec_name = codec.decode("ascii")
         model_name = model_id.decode("ascii")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise _corrupted(f"header fields do not decode ({exc})") from None
     if not isinstance(params, dict):
         raise _corrupted("params is not a JSON object")

@@ -57,10 +57,12 @@ import PIL
 from PIL import Image
 
 from coldpress.codec.base import Codec, check_bpp, image_mode
+from coldpress.codec.limits import loads_bounded
 from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import BitstreamError, ColdpressError, EnvironmentFault, InputRejected
 from coldpress.transforms import raster
 from coldpress.transforms.faults import raise_if_environmental
+from coldpress.transforms.raster.bounds import check_decode, package_header
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
 from coldpress.transforms.sources import filesystem_for, record_id
 from coldpress.metrics import PSNR_CAP_DB, psnr
@@ -289,6 +291,7 @@ def checked_bitstream(row: Mapping[str, Any]) -> bytes:
             f"{expected or 'none'}; restore the archive file from a replica or re-encode the source "
             f"{row.get('source_uri', '')}"
         )
+    package_header(bitstream)  # a raster package's declarations checked before anything walks them
     return bitstream
 
 
@@ -303,7 +306,11 @@ def decode_record(row: Mapping[str, Any]) -> np.ndarray:
     Rasters decode to (H, W, bands) arrays of the source's data type, nodata and masks applied."""
     rid = row.get("id", "?")
     bitstream = checked_bitstream(row)
-    pixels = raster.decode_package(bitstream) if raster.is_package(bitstream) else decode_bitstream(bitstream)
+    if raster.is_package(bitstream):
+        check_decode(package_header(bitstream))  # the whole raster in memory: bounded
+        pixels = raster.decode_package(bitstream)
+    else:
+        pixels = decode_bitstream(bitstream)
     width, height = row.get("width"), row.get("height")
     if width is not None and height is not None and pixels.shape[:2] != (int(height), int(width)):
         raise BitstreamError(
@@ -505,7 +512,10 @@ def restore_record(
 
 def _raster_meta(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return json.loads(row.get("metadata") or "{}")["raster"]
+        meta = loads_bounded(row.get("metadata") or "{}", "the row's metadata")["raster"]
+        if not isinstance(meta, dict):
+            raise TypeError("not an object")
+        return meta
     except (ValueError, KeyError, TypeError):
         raise BitstreamError(
             f"archive row {row.get('id')!r} holds a raster but its metadata lacks the 'raster' description "
@@ -518,6 +528,7 @@ def _raster_file(pkg: "raster.Package", meta: dict[str, Any], fmt: str, region: 
     window = raster.resolve_window(meta, **dict(region)) if region else None
     driver = _RASTER_DRIVERS.get(fmt)
     if driver is None:
+        check_decode(pkg.header, window)
         pixels, _ = raster.decode_region(pkg, window)
         return _output_format(fmt)[1], image_bytes(raster.coded_8bit(pixels, pkg.header), fmt)
     import tempfile
@@ -547,4 +558,6 @@ def decode_region_record(row: Mapping[str, Any], region: Mapping[str, Any] | Non
             "of rasters only; restore it whole (drop --window/--bbox)"
         )
     pkg = raster.unpack_package(checked_bitstream(row))
-    return raster.decode_region(pkg, raster.resolve_window(_raster_meta(row), **dict(region)))[0]
+    window = raster.resolve_window(_raster_meta(row), **dict(region))
+    check_decode(pkg.header, window)
+    return raster.decode_region(pkg, window)[0]
