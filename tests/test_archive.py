@@ -468,7 +468,10 @@ def test_writer_writes_shards_rejected_table_and_manifest(tmp_path):
     ]
     assert os.listdir(tmp_path / "_rejected") == ["rejected.parquet"]
     on_disk = json.loads((tmp_path / "_manifest.json").read_text())
+    checksum = on_disk.pop("checksum")  # of the rest (archive.manifest_checksum): a damaged manifest is told apart
     assert on_disk == json.loads(json.dumps(manifest, default=str))
+    assert checksum == "sha256:" + hashlib.sha256(
+        json.dumps(on_disk, indent=2, sort_keys=True).encode()).hexdigest()
     assert manifest["format"] == ARCHIVE_FORMAT and manifest["complete"] is True
     assert (manifest["engine"], manifest["codec"], manifest["target_bpp"]) == ("local", "learned", 0.03)
     assert (manifest["inputs_seen"], manifest["archived"], manifest["rejected"]) == (253, 250, 2)

@@ -50,17 +50,77 @@ def inspect_archive(archive: str, storage_options: dict[str, Any] | None = None,
     return stats
 
 
+def inspect_damaged(archive: str, storage_options: dict[str, Any] | None = None, *, ids: bool = False,
+                    cause: BaseException | None = None) -> dict[str, Any]:
+    """What ``coldpress inspect`` says of an archive it cannot read whole: every part read on its own
+    (``salvage``, the id and quality columns only, no bitstream), the rows of the intact parts counted
+    and summarized, every damaged part listed with the ids it held. ``damaged`` lists them."""
+    from coldpress.transforms.archive.salvage import salvage
+    from coldpress.transforms.sources import filesystem_for
+
+    fs, _ = filesystem_for(archive, storage_options)
+    readable: list[str] = []
+    bpp: list[float] = []
+    psnr: list[float] = []
+    damaged: list[str] = []
+    for kind, item in salvage(archive, filesystem=fs, columns=["id", "achieved_bpp", "psnr"]):
+        if kind == "damage":
+            damaged.append(item.describe())
+            continue
+        readable += item.column("id").to_pylist()
+        bpp += [v for v in item.column("achieved_bpp").to_pylist() if v is not None]
+        psnr += [v for v in item.column("psnr").to_pylist() if v is not None and v == v]
+    if not damaged and cause is not None:  # every part reads on its own: what failed is the whole
+        damaged.append(str(cause))
+    stats: dict[str, Any] = {
+        "path": archive, "damaged": damaged, "readable_rows": len(readable),
+        "bpp": _summary(bpp), "psnr": _summary(psnr),
+    }
+    if ids:
+        stats["ids"] = sorted(readable)
+    return stats
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {"min": ordered[0], "median": ordered[len(ordered) // 2], "mean": sum(ordered) / len(ordered),
+            "max": ordered[-1]}
+
+
+def print_damaged(stats: dict[str, Any]) -> None:
+    print(f"archive      {stats['path']}")
+    print(f"status       DAMAGED: {len(stats['damaged'])} part(s) cannot be read; `coldpress verify` checks every "
+          "row, `coldpress restore --all` writes every intact image")
+    print(f"images       {stats['readable_rows']} readable in the intact parts")
+    print(f"bpp          {_fmt_summary(stats['bpp'], 'bpp', 4)}")
+    print(f"PSNR         {_fmt_summary(stats['psnr'], 'dB', 2)}")
+    print("damage")
+    for line in stats["damaged"]:
+        print(f"  {line}")
+    if "ids" in stats:
+        print("ids (readable)")
+        for rid in stats["ids"]:
+            print(f"  {rid}")
+
+
 def raster_quality(arch) -> list[dict[str, Any]]:
     """Per raster row: bands, dtype, bpp (all bands per spatial pixel), bits per band-pixel, RMSE and
     PSNR per band (from the row metadata; no bitstream is read)."""
+    from coldpress.codec.limits import loads_bounded
+
     out = []
     table = arch.read(columns=["id", "mode", "achieved_bpp", "metadata"])
     for row in table.to_pylist():
         if row["mode"] != "RASTER":
             continue
         try:
-            meta = json.loads(row["metadata"] or "{}")
+            meta = loads_bounded(row["metadata"] or "{}", "the row's metadata")
         except ValueError:
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("raster", {}), dict) or not isinstance(
+                meta.get("quality", {}), dict):
             continue
         r, q = meta.get("raster", {}), meta.get("quality", {})
         out.append({
@@ -131,9 +191,16 @@ def print_text(stats: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     from coldpress.jobs.cli import storage_options
 
-    stats = inspect_archive(args.archive, storage_options(args), ids=args.ids)
+    from coldpress.errors import ArchiveError
+
+    options = storage_options(args)
+    try:
+        stats = inspect_archive(args.archive, options, ids=args.ids)
+    except ArchiveError as exc:  # a damaged part (or no archive there: salvage then says so)
+        stats = inspect_damaged(args.archive, options, ids=args.ids, cause=exc)
+    show = print_damaged if "damaged" in stats else print_text
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True, default=str))
     else:
-        print_text(stats)
-    return 0
+        show(stats)
+    return 1 if "damaged" in stats else 0

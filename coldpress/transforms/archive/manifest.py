@@ -1,11 +1,21 @@
-"""The run manifest (``_manifest.json``): write it atomically, read it (also from layout 1)."""
+"""The run manifest (``_manifest.json``): write it atomically, read it (also from layout 1).
+
+Every manifest written carries ``checksum``: ``"sha256:" + hex`` of the manifest without that key,
+serialized as it is written (``_canonical``). A manifest whose checksum does not match (a flipped
+byte that still parses as JSON: a changed count, shard size or id range) is reported as damaged and
+never trusted, exactly like one that does not parse; one without a checksum (written before it was
+added, or by layout 1) is read as before.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from coldpress.codec.limits import loads_bounded
 from coldpress.errors import ArchiveError
 from coldpress.transforms.archive.layout import (
     LEGACY_MANIFEST_NAME,
@@ -21,11 +31,26 @@ from coldpress.transforms.archive.layout import (
 def write_manifest(
     dst: Any, manifest: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None, *, filesystem: Any = None
 ) -> None:
-    """Write (replace) ``_manifest.json`` of archive ``dst`` atomically."""
-    data = (json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n").encode()
+    """Write (replace) ``_manifest.json`` of archive ``dst`` atomically, with its ``checksum``."""
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != CHECKSUM_KEY}, default=str))
+    data = (json.dumps({**body, CHECKSUM_KEY: manifest_checksum(body)}, indent=2, sort_keys=True) + "\n").encode()
     fs, root = _resolve(dst, storage_options, filesystem)
     _makedirs(fs, root)
     _atomic_write(fs, root, MANIFEST_NAME, lambda f: f.write(data))
+
+
+#: The manifest key holding its own checksum.
+CHECKSUM_KEY = "checksum"
+_CHECKSUM_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _canonical(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, indent=2, sort_keys=True, default=str).encode()
+
+
+def manifest_checksum(body: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a manifest without its checksum key (its canonical JSON)."""
+    return "sha256:" + hashlib.sha256(_canonical({k: v for k, v in body.items() if k != CHECKSUM_KEY})).hexdigest()
 
 
 def _read_manifest(fs: Any, root: str, name: str | None = None) -> dict[str, Any] | None:
@@ -40,9 +65,14 @@ def _read_manifest(fs: Any, root: str, name: str | None = None) -> dict[str, Any
     except FileNotFoundError:
         return None
     try:
-        manifest = json.loads(raw)
+        manifest = loads_bounded(raw, "the manifest")
         if not isinstance(manifest, dict):
             raise ValueError("the top level is not a JSON object")
+        recorded = manifest.pop(CHECKSUM_KEY, None)
+        if recorded is None and any(isinstance(v, str) and _CHECKSUM_RE.fullmatch(v) for v in manifest.values()):
+            raise ValueError("its checksum key is damaged")  # a flipped byte in the key's name
+        if recorded is not None and recorded != manifest_checksum(manifest):
+            raise ValueError("its checksum does not match its content: it was damaged after it was written")
     except ValueError as exc:
         raise ArchiveError(
             f"{_display(fs, path)} is not a valid coldpress manifest ({exc}); the data shards are "

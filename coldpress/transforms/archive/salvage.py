@@ -45,8 +45,12 @@ class Damage:
     ids: list[str] = field(default_factory=list)
     id_range: tuple[str | None, str | None] | None = None
     rows: int | None = None
+    #: What to do, when it is not "restore the file from a replica or re-encode its ids".
+    advice: str | None = None
 
     def describe(self) -> str:
+        if self.advice:
+            return f"{self.where} is damaged ({self.problem}); {self.advice}"
         if self.ids:
             held = f"{len(self.ids)} row(s)"
         elif self.id_range:
@@ -98,7 +102,8 @@ def salvage(archive: Any, storage_options: Mapping[str, Any] | None = None, *, f
                 if isinstance(info, dict) and isinstance(info.get("name"), str):
                     known[info["name"]] = info
         except (ArchiveError, AttributeError, TypeError) as exc:
-            damages.append(Damage(side.manifest, f"not a valid manifest: {str(exc)[:200]}"))
+            damages.append(Damage(side.manifest, f"not a valid manifest: {str(exc)[:300]}", advice=(
+                "no image is lost: every shard is read without it")))
     for entry in _shard_entries(fs, root, entries):
         info = known.get(entry.name, {})
         try:
@@ -137,6 +142,8 @@ def salvage(archive: Any, storage_options: Mapping[str, Any] | None = None, *, f
         except (ArchiveError, *_READ_ERRORS) as exc:
             if isinstance(exc, EnvironmentFault):
                 raise
-            damages.append(Damage(side.rejected, f"the rejected table cannot be read: {str(exc)[:200]}"))
+            damages.append(Damage(side.rejected, f"the rejected table cannot be read: {str(exc)[:200]}", advice=(
+                "no archived image is lost (it lists only inputs that were not archived): delete it, and the "
+                "next encode of the same source retries those inputs and lists the ones rejected again")))
     for damage in damages:
         yield "damage", damage
