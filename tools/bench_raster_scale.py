@@ -7,8 +7,9 @@
    reports that process's peak RSS;
 3. restores it whole (COG) and a 1024 x 1024 region (``--window``, not aligned to the tiles) and
    reports both times;
-4. seams: PSNR of the tiled decode against the same raster coded as one tile (``--seam-size`` px,
-   tiles of ``--seam-tile``), and the mean absolute step across tile edges vs inside tiles.
+4. seams (alone with ``--seams-only``): a ``--seam-size`` px scene in tiles of ``--seam-tile``, with the
+   package's tile overlap and without: PSNR against the source and against the scene coded as one
+   tile, and the step of the coding error across tile edges vs across 16 px block edges inside tiles.
 Prints one JSON object.
 """
 
@@ -60,6 +61,8 @@ def _child_encode(path: str, archive: str, codec: str, bpp: float) -> None:
 
 
 def seams(codec: str, bpp: float, size: int, tile: int) -> dict:
+    """Seams of a SIZE x SIZE 3-band uint16 scene cut into TILE px tiles, with the package's tile overlap
+    (the default) and without (``overlap=0``), against the same scene coded as one tile."""
     import rasterio  # noqa: F401
     from rasterio.io import MemoryFile
     from rasterio.transform import from_origin
@@ -76,27 +79,34 @@ def seams(codec: str, bpp: float, size: int, tile: int) -> dict:
             ds.write(data)
         tif = mem.read()
     c = get_codec(codec)
-    tiled = raster.encode_raster(tif, "seams.tif", c, bpp, tile_size=tile)
-    whole = raster.encode_raster(tif, "seams.tif", c, bpp, tile_size=10 * size)
-    a = raster.decode_package(tiled.package).astype(np.float64)
-    b = raster.decode_package(whole.package).astype(np.float64)
     src = data.transpose(1, 2, 0).astype(np.float64)
     peak = float(src.max() - src.min())
-    edges = [t["x"] for t in raster.unpack_package(tiled.package).header["tiles"] if t["x"] > 0]
-    edges = sorted(set(edges))
-    step_edge = float(np.mean([np.abs(a[:, e] - a[:, e - 1]).mean() for e in edges])) if edges else None
-    inner = [e + tile // 2 for e in edges]
-    step_inner = float(np.mean([np.abs(a[:, e] - a[:, e - 1]).mean() for e in inner])) if inner else None
-    src_edge = float(np.mean([np.abs(src[:, e] - src[:, e - 1]).mean() for e in edges])) if edges else None
-    return {
-        "size": size, "tile": tile, "tiles": len(raster.unpack_package(tiled.package).header["tiles"]),
-        "psnr_tiled_vs_source": psnr_from_mse(float(np.mean((a - src) ** 2)), peak),
-        "psnr_untiled_vs_source": psnr_from_mse(float(np.mean((b - src) ** 2)), peak),
-        "psnr_tiled_vs_untiled": psnr_from_mse(float(np.mean((a - b) ** 2)), peak),
-        "mean_step_across_tile_edges": step_edge, "mean_step_half_a_tile_away": step_inner,
-        "mean_step_of_source_at_edges": src_edge,
-        "bytes_tiled": len(tiled.package), "bytes_untiled": len(whole.package),
-    }
+    whole = raster.encode_raster(tif, "seams.tif", c, bpp, tile_size=10 * size)
+    b = raster.decode_package(whole.package).astype(np.float64)
+    out = {"size": size, "tile": tile, "codec": codec, "bpp": bpp, "bytes_untiled": len(whole.package),
+           "psnr_untiled_vs_source": psnr_from_mse(float(np.mean((b - src) ** 2)), peak),
+           "step": "mean absolute step of the coding error (decoded - source) across columns and rows, source units"}
+
+    def step(img, cols):
+        return float(np.mean([np.abs(img[:, e] - img[:, e - 1]).mean() + np.abs(img[e] - img[e - 1]).mean()
+                              for e in cols])) / 2
+
+    for name, overlap in (("overlap_%d" % raster.TILE_OVERLAP, raster.TILE_OVERLAP), ("overlap_0", 0)):
+        tiled = raster.encode_raster(tif, "seams.tif", c, bpp, tile_size=tile, overlap=overlap)
+        a = raster.decode_package(tiled.package).astype(np.float64)
+        header = raster.unpack_package(tiled.package).header
+        edges = sorted({t["x"] for t in header["tiles"] if t["x"] > 0})
+        blocks = [e for e in range(16, size, 16) if all(abs(e - k) > 16 for k in edges)]
+        err = a - src
+        out[name] = {
+            "tiles": len(header["tiles"]), "bytes": len(tiled.package),
+            "psnr_vs_source": psnr_from_mse(float(np.mean(err ** 2)), peak),
+            "psnr_vs_untiled": psnr_from_mse(float(np.mean((a - b) ** 2)), peak),
+            "error_step_across_tile_edges": step(err, edges),
+            "error_step_across_16px_block_edges_inside_tiles": step(err, blocks),
+            "seam_ratio": step(err, edges) / step(err, blocks),
+        }
+    return out
 
 
 def main() -> None:
@@ -108,8 +118,12 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/coldpress-scale")
     p.add_argument("--seam-size", type=int, default=1536)
     p.add_argument("--seam-tile", type=int, default=512)
+    p.add_argument("--seams-only", action="store_true", help="only the seam measurement (step 4)")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.seams_only:
+        print(json.dumps(seams(args.codec, args.bpp, args.seam_size, args.seam_tile), indent=2))
+        return
     if args.child:
         path, archive, codec, bpp = args.child
         _child_encode(path, archive, codec, float(bpp))

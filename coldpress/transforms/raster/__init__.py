@@ -37,12 +37,13 @@ GDAL), ``metadata`` (the row's ``raster`` metadata), ``tiling`` (tile grid, band
 from coldpress.transforms.raster.detect import (GDAL_CACHE_MB, RASTER_SUFFIXES, gdal_open_error, gdal_opens,
                                                 georeferenced, is_photo_format, is_raster, looks_like_raster_file,
                                                 open_bytes)
-from coldpress.transforms.raster.encode import (SINGLE_BAND_WEIGHT, SUPPORTED_DTYPES, EncodedRaster, check_dataset,
-                                                encode_raster)
+from coldpress.transforms.raster.encode import (SINGLE_BAND_WEIGHT, SUPPORTED_DTYPES, TILE_OVERLAP, EncodedRaster,
+                                                check_dataset, encode_raster)
 from coldpress.transforms.raster.mapping import coded_8bit
 from coldpress.transforms.raster.masks import _pack_mask, _unpack_mask
 from coldpress.transforms.raster.metadata import raster_metadata
-from coldpress.transforms.raster.package import (RASTER_MAGIC, RASTER_MODE, RASTER_VERSION, Package, _tile_masks,
+from coldpress.transforms.raster.package import (RASTER_MAGIC, RASTER_MODE, RASTER_VERSION, Package, TileDecoder,
+                                                 _tile_masks, coded_window,
                                                  decode_package, decode_region, decode_tile, is_package,
                                                  iter_tile_rows, pack_package, recon_sha256, tiles_in_window,
                                                  unpack_package)
@@ -51,7 +52,8 @@ from coldpress.transforms.raster.writer import write_raster
 
 __all__ = [
     "DEFAULT_TILE_SIZE", "GDAL_CACHE_MB", "GROUP_SIZE", "RASTER_MAGIC", "RASTER_MODE", "RASTER_SUFFIXES",
-    "RASTER_VERSION", "SINGLE_BAND_WEIGHT", "SUPPORTED_DTYPES", "EncodedRaster", "Package", "band_groups",
+    "RASTER_VERSION", "SINGLE_BAND_WEIGHT", "SUPPORTED_DTYPES", "TILE_OVERLAP", "EncodedRaster", "Package",
+    "TileDecoder", "band_groups", "coded_window",
     "check_dataset", "coded_8bit", "decode_package", "decode_region", "decode_tile", "encode_raster",
     "gdal_open_error", "gdal_opens", "georeferenced", "is_package", "is_photo_format", "is_raster",
     "iter_tile_rows", "looks_like_raster_file", "open_bytes", "pack_package", "raster_metadata", "recon_sha256",

@@ -10,7 +10,7 @@ import numpy as np
 
 from coldpress.transforms.raster.detect import GDAL_CACHE_MB, _rio
 from coldpress.transforms.raster.metadata import _SKIPPED_DOMAINS, _from_json_number
-from coldpress.transforms.raster.package import Package, decode_tile, tiles_in_window
+from coldpress.transforms.raster.package import Package, TileDecoder, tiles_in_window
 
 
 def write_raster(pkg: Package, meta: dict[str, Any], path: str, *, driver: str = "COG",
@@ -49,16 +49,17 @@ def write_raster(pkg: Package, meta: dict[str, Any], path: str, *, driver: str =
     try:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=GDAL_CACHE_MB):
             with rasterio.open(tmp, "w", **profile) as dst:
-                for i in tiles_in_window(pkg, (col, row, w, h)):
+                decoder = TileDecoder.of(pkg)
+                for i in tiles_in_window(pkg, (col, row, w, h)):  # row by row: decoded tiles kept for two rows
                     t = pkg.header["tiles"][i]
-                    pixels, m = decode_tile(pkg, i)
+                    decoder.release_above(t["y"])
                     x0, y0 = max(col, t["x"]), max(row, t["y"])
                     x1, y1 = min(col + w, t["x"] + t["w"]), min(row + h, t["y"] + t["h"])
-                    part = pixels[y0 - t["y"]:y1 - t["y"], x0 - t["x"]:x1 - t["x"]]
+                    part, m = decoder.region((x0, y0, x1 - x0, y1 - y0))
                     win = Window(x0 - col, y0 - row, x1 - x0, y1 - y0)
                     dst.write(np.ascontiguousarray(part.transpose(2, 0, 1)), window=win)
                     if needs_mask:
-                        mm = m[y0 - t["y"]:y1 - t["y"], x0 - t["x"]:x1 - t["x"]] if m is not None else np.ones(part.shape[:2], bool)
+                        mm = m if m is not None else np.ones(part.shape[:2], bool)
                         dst.write_mask(np.where(mm, 255, 0).astype(np.uint8), window=win)
                 _set_descriptive(dst, meta, window is None)
             if driver == "COG":
