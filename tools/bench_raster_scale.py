@@ -3,8 +3,9 @@
     .venv/bin/python tools/bench_raster_scale.py --size 8192 --bands 4 --codec webp --bpp 0.4 --out /tmp/scale
 
 1. writes a SIZE x SIZE, BANDS-band uint16 GeoTIFF (tiled, deflate) window by window;
-2. encodes it in a child process, as the engines do (file bytes in, ``records.process_input``), and
-   reports that process's peak RSS;
+2. encodes it in a child process with the local engine (``encode_local``) and reports that
+   process's peak RSS; ``--read whole`` holds the file's bytes whole as before ``sources.read_source``
+   (``--read both``: one after the other, for the memory before and after);
 3. restores it whole (COG) and a 1024 x 1024 region (``--window``, not aligned to the tiles) and
    reports both times;
 4. seams (alone with ``--seams-only``): a ``--seam-size`` px scene in tiles of ``--seam-tile``, with the
@@ -50,12 +51,16 @@ def write_scene(path: str, size: int, bands: int) -> None:
                 ds.write(block, window=Window(x0, y0, w, h))
 
 
-def _child_encode(path: str, archive: str, codec: str, bpp: float) -> None:
+def _child_encode(path: str, archive: str, codec: str, bpp: float, read: str = "window") -> None:
     from coldpress.pipelines.local import encode_local
+    from coldpress.transforms import sources
+
+    if read == "whole":  # as before sources.read_source: the file's bytes held whole while it is encoded
+        sources.LARGE_SOURCE_BYTES = float("inf")
 
     t = time.monotonic()
     manifest = encode_local(os.path.dirname(path), archive, codec=codec, bpp=bpp, progress=False)
-    print(json.dumps({"encode_s": time.monotonic() - t, "archived": manifest["archived"],
+    print(json.dumps({"read": read, "encode_s": time.monotonic() - t, "archived": manifest["archived"],
                       "rejected": manifest["rejected"],
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -119,14 +124,18 @@ def main() -> None:
     p.add_argument("--seam-size", type=int, default=1536)
     p.add_argument("--seam-tile", type=int, default=512)
     p.add_argument("--seams-only", action="store_true", help="only the seam measurement (step 4)")
-    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--read", choices=("window", "whole", "both"), default="window",
+                   help="how the encode reads the scene: GDAL window by window (coldpress's way for a source of "
+                   "sources.LARGE_SOURCE_BYTES or more), the file's bytes whole (as before), or both, one after the other")
+    p.add_argument("--encode-only", action="store_true", help="steps 1-2 only")
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.seams_only:
         print(json.dumps(seams(args.codec, args.bpp, args.seam_size, args.seam_tile), indent=2))
         return
     if args.child:
-        path, archive, codec, bpp = args.child
-        _child_encode(path, archive, codec, float(bpp))
+        path, archive, codec, bpp, read = args.child
+        _child_encode(path, archive, codec, float(bpp), read)
         return
     os.makedirs(os.path.join(args.out, "src"), exist_ok=True)
     path = os.path.join(args.out, "src", "scene.tif")
@@ -138,9 +147,15 @@ def main() -> None:
     result["write_scene_s"] = time.monotonic() - t
     result["source_bytes"] = os.path.getsize(path)
     subprocess.run(["rm", "-rf", archive, os.path.join(args.out, "full"), os.path.join(args.out, "region")], check=True)
-    out = subprocess.run([sys.executable, __file__, "--child", path, archive, args.codec, str(args.bpp)],
-                         check=True, capture_output=True, text=True).stdout
-    result.update(json.loads(out.strip().splitlines()[-1]))
+    for read in (("whole", "window") if args.read == "both" else (args.read,)):
+        subprocess.run(["rm", "-rf", archive], check=True)
+        out = subprocess.run([sys.executable, __file__, "--child", path, archive, args.codec, str(args.bpp), read],
+                             check=True, capture_output=True, text=True).stdout
+        child = json.loads(out.strip().splitlines()[-1])
+        result.update(child) if args.read != "both" else result.setdefault("encodes", []).append(child)
+    if args.encode_only:
+        print(json.dumps(result, indent=2))
+        return
 
     from coldpress.pipelines.local import restore_local
 

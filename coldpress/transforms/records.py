@@ -64,7 +64,7 @@ from coldpress.transforms import raster
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.raster.bounds import check_decode, package_header
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
-from coldpress.transforms.sources import filesystem_for, record_id
+from coldpress.transforms.sources import SourceFile, filesystem_for, record_id, source_sha256
 from coldpress.metrics import PSNR_CAP_DB, psnr
 from coldpress.versions import coldpress_version, installed_version
 
@@ -130,6 +130,8 @@ def encode_record(
     RateUnreachableError when the codec cannot reach ``bpp``.
     """
     rid = record_id(key)
+    if isinstance(data, SourceFile) and not raster.is_raster(data):
+        data = data.read()  # a large TIFF that is a photo: Pillow reads it whole, as any photo
     if raster.is_raster(data):
         return _raster_record(rid, uri, data, codec, bpp, max_pixels)
     try:
@@ -177,7 +179,7 @@ def _row(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, bitstream: b
         "id": rid,
         "source_uri": str(uri),
         "source_bytes": len(data),
-        "source_sha256": hashlib.sha256(data).hexdigest(),
+        "source_sha256": source_sha256(data),
         "codec": codec.name,
         "model_id": codec.model_id,
         "weights_hash": str(described.get("weights_hash") or codec.weights_hash.hex()),

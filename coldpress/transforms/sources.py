@@ -14,11 +14,13 @@ AWS chain (environment, profile, instance role) and are never logged.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -183,10 +185,77 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
     return fs.cat_file(path)
 
 
+#: A raster source (by its name's ending and first bytes) of at least this many bytes is not read whole:
+#: ``read_source`` gives a ``SourceFile`` and GDAL reads its pixels window by window, so encoding holds
+#: one tile, not the file (results/raster/memory.txt).
+LARGE_SOURCE_BYTES = 64 * 2**20
+#: Name endings of the raster files ``read_source`` may leave on disk (GDAL formats with random access).
+LARGE_SOURCE_SUFFIXES = (".tif", ".tiff", ".gtif", ".jp2", ".j2k", ".img", ".ntf", ".vrt")
+_READ_CHUNK = 8 * 2**20
+_RASTER_HEADS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A large raster source left where it is: its size, sha256 and first bytes, streamed once; GDAL
+    then opens ``uri`` itself (``transforms.raster.open_bytes``) and reads only the windows it needs.
+    Slicing gives the first bytes (what format sniffing reads); ``read()`` gives them all."""
+
+    uri: str
+    size: int
+    sha256: str
+    head: bytes
+    storage_options: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: slice) -> bytes:
+        if not isinstance(key, slice) or key.step not in (None, 1) or (key.start or 0) < 0 or key.stop is None \
+                or key.stop > len(self.head):
+            raise TypeError(f"a SourceFile only slices its first {len(self.head)} bytes; read() it for the rest")
+        return self.head[key]
+
+    def read(self) -> bytes:
+        return read_bytes(self.uri, self.storage_options)
+
+    def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        return filesystem_for(self.uri, self.storage_options)
+
+
+def read_source(uri: str, storage_options: dict[str, Any] | None = None) -> bytes | SourceFile:
+    """The bytes of the source at ``uri``, or, for a raster file of ``LARGE_SOURCE_BYTES`` or more, a
+    ``SourceFile``: its sha256 is computed reading it in 8 MB chunks, and its pixels are read later by
+    GDAL window by window, so no more than a chunk of it is held in memory at a time."""
+    from coldpress.transforms import datasets
+
+    if datasets.member_uri(uri) is not None or not uri.lower().endswith(LARGE_SOURCE_SUFFIXES):
+        return read_bytes(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
+    if fs.size(path) < LARGE_SOURCE_BYTES:
+        return fs.cat_file(path)
+    digest, head, size = hashlib.sha256(), b"", 0
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            if not head:
+                head = bytes(chunk[:64])
+            digest.update(chunk)
+            size += len(chunk)
+    if not head.startswith(_RASTER_HEADS):  # named like a raster but is not one: read whole, as any file
+        return read_bytes(uri, storage_options)
+    return SourceFile(uri=uri, size=size, sha256=digest.hexdigest(), head=head, storage_options=storage_options)
+
+
+def source_sha256(data: bytes | SourceFile) -> str:
+    """sha256 (hex) of a source's bytes, read whole or streamed (``SourceFile``)."""
+    return data.sha256 if isinstance(data, SourceFile) else hashlib.sha256(data).hexdigest()
+
+
 def read_ahead(
     sources: list[tuple[str, str]], storage_options: dict[str, Any] | None = None
-) -> Iterator[tuple[str, str, bytes | Exception]]:
-    """(uri, key, bytes or the exception reading them) for each ``(uri, key)`` source, in order.
+) -> Iterator[tuple[str, str, bytes | SourceFile | Exception]]:
+    """(uri, key, bytes (a ``SourceFile`` for a large raster: ``read_source``) or the exception reading
+    them) for each ``(uri, key)`` source, in order.
 
     Reads up to READ_AHEAD sources ahead in READ_THREADS background threads (object stores are slow
     to answer, local disks are not). A source that cannot be read gives its exception instead of
@@ -200,7 +269,7 @@ def read_ahead(
 
         def submit() -> None:
             for uri, key in it:
-                pending.append((uri, key, pool.submit(read_bytes, uri, storage_options)))
+                pending.append((uri, key, pool.submit(read_source, uri, storage_options)))
                 return
 
         for _ in range(READ_AHEAD):
@@ -209,7 +278,7 @@ def read_ahead(
             uri, key, future = pending.popleft()
             submit()
             try:
-                data: bytes | Exception = future.result()
+                data: bytes | SourceFile | Exception = future.result()
             except Exception as exc:  # noqa: BLE001 - becomes a rejected row with the reason
                 data = exc
             yield uri, key, data

@@ -23,10 +23,21 @@ def _rio():
 
 
 @contextlib.contextmanager
-def open_bytes(data: bytes):
-    """A rasterio dataset of a file's bytes (GDAL's in-memory file system)."""
+def open_bytes(data):
+    """A rasterio dataset of a file's bytes (GDAL's in-memory file system), or of a large source left
+    where it is (``sources.SourceFile``: a local path GDAL opens itself, or an fsspec file it reads
+    through rasterio's ``opener``), read window by window."""
+    from coldpress.transforms.sources import SourceFile
+
     rasterio = _rio()
     with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=GDAL_CACHE_MB):
+        if isinstance(data, SourceFile):
+            from fsspec.implementations.local import LocalFileSystem
+
+            fs, path = data.filesystem()
+            with (rasterio.open(path) if isinstance(fs, LocalFileSystem) else rasterio.open(path, opener=fs.open)) as ds:
+                yield ds
+            return
         with rasterio.MemoryFile(bytes(data)) as mem:
             with mem.open() as ds:
                 yield ds
