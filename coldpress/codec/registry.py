@@ -36,8 +36,12 @@ def register(name: str) -> Callable[[Callable[..., Codec]], Callable[..., Codec]
     return deco
 
 
-def _load_codec_modules() -> None:
+def _load_codec_modules(name: str | None = None) -> None:
+    """Import the codec modules, in order, until ``name`` is registered (all of them without a name):
+    a jpeg or avif job never imports the learned codec's module, hence never torch (about 850 MB)."""
     for module in _CODEC_MODULES:
+        if name is not None and name in _FACTORIES:
+            return
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -54,13 +58,13 @@ def codec_names() -> list[str]:
 def rebuildable(codec: Codec) -> bool:
     """Whether ``get_codec(codec.name, **codec.options())`` rebuilds ``codec`` (its class is the one
     registered under its name): how engines hand a codec to workers without pickling its model."""
-    _load_codec_modules()
+    _load_codec_modules(codec.name)
     return _FACTORIES.get(codec.name) is type(codec)
 
 
 def get_codec(name: str, **options: Any) -> Codec:
     """The shared instance of codec ``name`` built with ``options``."""
-    _load_codec_modules()
+    _load_codec_modules(name)
     if name not in _FACTORIES:
         raise ValueError(f"unknown codec {name!r}; choose one of: {', '.join(sorted(_FACTORIES))}")
     key = (name, tuple(sorted(options.items())))
@@ -79,7 +83,7 @@ def codec_for_bitstream(data: bytes, **options: Any) -> Codec:
     when it is a shipped one, so archives made with an older default model still restore.
     """
     b = container.unpack(data)
-    _load_codec_modules()
+    _load_codec_modules(b.codec)
     if b.codec not in _FACTORIES:
         raise ModelMismatchError(
             f"this bitstream was made by codec {b.codec!r}, which this installation does not have "

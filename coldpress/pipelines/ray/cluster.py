@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,12 +125,14 @@ def _job_error(what: str, exc: BaseException, hint: str) -> ColdpressError:
 
 
 def _threads_for(cpus: float) -> None:
-    """Use as many torch threads as CPUs this actor holds (Ray sets OMP_NUM_THREADS, torch may not follow)."""
+    """Use as many torch threads as CPUs this actor holds (Ray sets OMP_NUM_THREADS, torch may not
+    follow). Only where a codec already imported torch: a jpeg or avif actor never loads it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
     try:
-        import torch
-
         torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # noqa: BLE001 - torch is optional for reference codecs
+    except Exception:  # noqa: BLE001 - best effort
         pass
 
 

@@ -45,10 +45,14 @@ class _Encoder:
 
     def __init__(self, codec: str, codec_options: dict[str, Any], bpp: float, cpus: float, gpus: float,
                  storage_options: dict[str, Any] | None = None) -> None:
-        _threads_for(cpus)
+        if codec == "learned":
+            import torch  # the codec loads it anyway: set its threads before the model loads
+
+            torch.set_num_threads(max(1, int(cpus)))
         if gpus > 0 and codec == "learned":
             codec_options = {**codec_options, "device": "cuda"}
         self.codec = resolve_codec(codec, **codec_options)
+        _threads_for(cpus)
         self.bpp = bpp
         self.storage_options = storage_options
 

@@ -53,8 +53,8 @@ class RowRestorer:
     where a Ray worker turns an archive row into a file, file bytes or pixels."""
 
     def __init__(self, codecs: Iterable[str], cpus: float) -> None:
+        _warm(codecs)  # torch is loaded only when one of them needs it
         _threads_for(cpus)
-        _warm(codecs)
 
     def to_file(self, row: Mapping[str, Any], target: str, fmt: str, storage_options: dict[str, Any] | None) -> str:
         """Decode ``row`` and write it at ``target`` (``records.restore_record``); the path written."""
