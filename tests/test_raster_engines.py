@@ -80,3 +80,39 @@ def test_ray_and_beam_archive_and_restore_rasters_like_the_local_engine(tmp_path
                                                                              a.nodata)
                 assert np.array_equal(a.read(), b.read())
         assert (tmp_path / f"{engine}-restored" / "photo.png").exists()
+
+
+def test_ray_and_beam_restore_regions_like_the_local_engine(tmp_path):
+    """--window / --bbox on the Ray and Beam restore jobs: the same GeoTIFF as the local engine's."""
+    from coldpress.pipelines.beam import restore_beam
+    from coldpress.pipelines.ray import connect, restore_ray
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _, tif = ten_band_uint16(40, 50)
+    (src / "scene.tif").write_bytes(tif)
+    encode_local(str(src), str(tmp_path / "archive"), codec="webp", bpp=10.0, progress=False)
+    with rasterio.open(src / "scene.tif") as ds:
+        left, top = ds.transform * (12, 9)
+        right, bottom = ds.transform * (30, 21)
+    bbox = {"bbox": (left, bottom, right, top)}
+    for name, region in (("window", REGION), ("bbox", bbox)):
+        restore_local(str(tmp_path / "archive"), str(tmp_path / f"local-{name}"), progress=False, region=region)
+    started_here = not ray.is_initialized()
+    connect(num_cpus=2, object_store_memory=256 << 20, quiet=True)
+    try:
+        for name, region in (("window", REGION), ("bbox", bbox)):
+            restore_ray(str(tmp_path / "archive"), str(tmp_path / f"ray-{name}"), progress=False, region=region)
+    finally:
+        if started_here:
+            ray.shutdown()
+    for name, region in (("window", REGION), ("bbox", bbox)):
+        restore_beam(str(tmp_path / "archive"), str(tmp_path / f"beam-{name}"), progress=False, region=region,
+                     pipeline_args=["--direct_num_workers=1"])
+    for name, shape in (("window", (11, 20)), ("bbox", (12, 18))):
+        with rasterio.open(tmp_path / f"local-{name}" / "scene.tif") as a:
+            assert a.shape == shape
+            expected = (a.crs, a.transform, a.count, a.dtypes, a.nodata, a.read().tobytes())
+        for engine in ("ray", "beam"):
+            with rasterio.open(tmp_path / f"{engine}-{name}" / "scene.tif") as b:
+                assert (b.crs, b.transform, b.count, b.dtypes, b.nodata, b.read().tobytes()) == expected, (engine, name)

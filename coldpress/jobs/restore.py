@@ -73,12 +73,7 @@ def run(args: argparse.Namespace) -> int:
         from coldpress.errors import ColdpressError
 
         raise ColdpressError("--stop-service applies to --service only; add --service")
-    from coldpress.errors import ColdpressError
-
     region = _region(args)
-    if region and args.engine != "local":
-        raise ColdpressError(f"--window and --bbox run on the local engine or the warm service (--service); "
-                             f"drop --engine {args.engine}")
     module, function = ENGINES[args.engine]
     restore = getattr(importlib.import_module(module), function)
     paths = restore(

@@ -118,8 +118,10 @@ def restore_beam(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     pipeline_args: Sequence[str] | PipelineOptions | None = None,
+    region: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """``restore_local`` as a Beam pipeline: same arguments and files; returns the paths written, sorted by id.
+    """``restore_local`` as a Beam pipeline: same arguments and files (``region``: that part of each
+    raster only); returns the paths written, sorted by id.
 
     Absent ids raise ArchiveError before the pipeline starts. Rows that do not decode are skipped,
     the others written, then ArchiveError lists the failures; to bring them back to the launcher on
@@ -139,7 +141,8 @@ def restore_beam(
         arch.read(ids=wanted, columns=["id"])  # ArchiveError listing the absent ids, before any work
     report = join_destination(dst, f".coldpress-restore-{uuid.uuid4().hex}.json")
     with make_pipeline(options) as p:
-        restored = p | "Restore the images" >> RestoreImages(archive, ids, dst, fmt=fmt, storage_options=storage_options)
+        restored = p | "Restore the images" >> RestoreImages(archive, ids, dst, fmt=fmt, storage_options=storage_options,
+                                                             region=region)
         written_files = restored[RESTORED] | "Gather the files written" >> beam.combiners.ToList()
         _ = (restored[FAILED]
              | "Gather the failures" >> beam.combiners.ToList()

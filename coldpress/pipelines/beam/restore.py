@@ -53,13 +53,16 @@ class _ReadRows(beam.DoFn):
 class _DecodeAndWrite(beam.DoFn):
     """(row, name) -> (id, path written); a row that does not decode leaves as (id, reason) on ``failed``."""
 
-    def __init__(self, dst: str, fmt: str, storage_options: Mapping[str, Any] | None) -> None:
+    def __init__(self, dst: str, fmt: str, storage_options: Mapping[str, Any] | None,
+                 region: Mapping[str, Any] | None = None) -> None:
         self._dst, self._fmt, self._storage_options = dst, fmt, dict(storage_options or {}) or None
+        self._region = dict(region) if region else None
 
     def restore_row(self, row: Mapping[str, Any], target: str) -> str:
-        """Decode ``row`` and write it at ``target``; the path written. The one place where a Beam
-        worker turns an archive row into a file (the codecs come from the registry's cache)."""
-        return restore_record(row, target, self._fmt, self._storage_options)
+        """Decode ``row`` (only the region of a raster with a region) and write it at ``target``; the
+        path written. The one place where a Beam worker turns an archive row into a file (the codecs
+        come from the registry's cache)."""
+        return restore_record(row, target, self._fmt, self._storage_options, region=self._region)
 
     def process(self, item: tuple[Mapping[str, Any], str]):
         row, name = item
@@ -80,15 +83,17 @@ class RestoreImages(beam.PTransform):
     """Decode images of ``archive`` into files under ``dst``: outputs ``restored`` (id, path) and
     ``failed`` (id, reason).
 
-    ``ids`` None restores every row. Files are named as by the local engine
+    ``ids`` None restores every row; ``region`` ({"window": ...} or {"bbox": ..., "bbox_crs": ...}, as
+    for ``restore_local``) restores only that part of each raster. Files are named as by the local engine
     (``records.restored_names``). The ids are split into batches of about one row group; each batch
     is read by one worker (only the row groups holding its ids), and its rows are redistributed so
     that decoding runs on every worker.
     """
 
     def __init__(self, archive: str, ids: Iterable[str] | None, dst: str, *, fmt: str = DEFAULT_RESTORE_FORMAT,
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None, region: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self._region = dict(region) if region else None
         if isinstance(ids, str):
             raise TypeError("ids must be a list of ids, not a single string")
         self._archive, self._dst, self._fmt = str(archive), str(dst), fmt
@@ -103,4 +108,5 @@ class RestoreImages(beam.PTransform):
                 | "Read their rows" >> beam.ParDo(_ReadRows(self._archive, self._storage_options))
                 | "Spread the rows" >> beam.Reshuffle()
                 | "Decode and write each image" >> beam.ParDo(
-                    _DecodeAndWrite(self._dst, self._fmt, self._storage_options)).with_outputs(FAILED, main=RESTORED))
+                    _DecodeAndWrite(self._dst, self._fmt, self._storage_options, self._region)
+                ).with_outputs(FAILED, main=RESTORED))

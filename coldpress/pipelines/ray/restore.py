@@ -56,9 +56,11 @@ class RowRestorer:
         _warm(codecs)  # torch is loaded only when one of them needs it
         _threads_for(cpus)
 
-    def to_file(self, row: Mapping[str, Any], target: str, fmt: str, storage_options: dict[str, Any] | None) -> str:
-        """Decode ``row`` and write it at ``target`` (``records.restore_record``); the path written."""
-        return restore_record(row, target, fmt, storage_options)
+    def to_file(self, row: Mapping[str, Any], target: str, fmt: str, storage_options: dict[str, Any] | None,
+                region: Mapping[str, Any] | None = None) -> str:
+        """Decode ``row`` (only ``region`` of a raster with a region) and write it at ``target``
+        (``records.restore_record``); the path written."""
+        return restore_record(row, target, fmt, storage_options, region=region)
 
     def to_pixels(self, row: Mapping[str, Any], region: Mapping[str, Any] | None = None) -> Any:
         """The decoded pixels of ``row`` (only ``region`` of a raster with a region)."""
@@ -74,9 +76,9 @@ class _Decoder:
     """Restore stage: decode rows and write their files; a row that fails is reported, not raised."""
 
     def __init__(self, dst: str, fmt: str, storage_options: dict[str, Any] | None, codecs: list[str],
-                 cpus: float) -> None:
+                 cpus: float, region: Mapping[str, Any] | None = None) -> None:
         self.restorer = RowRestorer(codecs, cpus)
-        self.dst, self.fmt, self.storage_options = dst, fmt, storage_options
+        self.dst, self.fmt, self.storage_options, self.region = dst, fmt, storage_options, region
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {"id": [], "path": [], "error": [], "fatal": []}
@@ -84,7 +86,7 @@ class _Decoder:
             path = error = fatal = None
             try:
                 path = self.restorer.to_file(row, join_destination(self.dst, row["name"]), self.fmt,
-                                             self.storage_options)
+                                             self.storage_options, region=self.region)
             except Exception as exc:  # noqa: BLE001 - classified: a bad row, or a bad destination
                 reason = restore_failure(exc)
                 if reason is None:  # the destination or the environment (a full disk, a lost GPU): stop
@@ -121,11 +123,13 @@ def restore_ray(
     gpus_per_actor: float | None = None,
     cpus_per_actor: float | None = None,
     batch_size: int | None = None,
+    region: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Decode images of ``archive`` into files under ``dst`` on Ray; return the paths written, sorted by id.
 
     Same contract as ``restore_local`` (ids or all, names from ``restored_names``, failures listed
-    in one ArchiveError after the others are written), with the engine options of ``encode_ray``.
+    in one ArchiveError after the others are written, ``region`` of each raster only), with the
+    engine options of ``encode_ray``.
     """
     archive, dst = str(archive), str(dst)
     options = dict(storage_options or {}) or None
@@ -148,7 +152,7 @@ def restore_ray(
     ds = ds.map_batches(
         _Decoder,
         fn_constructor_kwargs={"dst": dst, "fmt": fmt, "storage_options": options, "codecs": archive_codecs(arch),
-                               "cpus": cpus},
+                               "cpus": cpus, "region": dict(region) if region else None},
         batch_size=batch, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
         num_cpus=cpus, num_gpus=gpus,
