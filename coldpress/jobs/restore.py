@@ -46,6 +46,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     region.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"),
                         help="restore only this bounding box of each raster, in the raster's CRS or --bbox-crs")
     p.add_argument("--bbox-crs", metavar="CRS", help="CRS of --bbox (e.g. EPSG:4326; default: the raster's own)")
+    decoding = p.add_argument_group("decoder")
+    decoding.add_argument("--decoder", choices=("coarse", "diffusion"), default="coarse",
+                          help="coarse: the codec's own decoder, the one `verify` checks (default); diffusion: refine "
+                          "it with the diffusion decoder (photos; sharper, plausible detail, slower)")
+    decoding.add_argument("--steps", type=int, default=None, metavar="N",
+                          help="diffusion steps, 1 to 5 (default: the decoder's, the steps it was fine-tuned for)")
+    decoding.add_argument("--detail", type=float, default=None, metavar="S",
+                          help="detail: 0 gives the coarse decode, 1 the trained decoder (default), above 1 sharper, "
+                          "between 0 and 1 smoother")
+    decoding.add_argument("--decoder-model", default=None, metavar="ID_OR_PATH",
+                          help="diffusion decoder weights: a shipped decoder id or a .safetensors file (default: "
+                          "the shipped default decoder)")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
     from coldpress.jobs.cli import add_models_option
 
@@ -74,15 +86,25 @@ def run(args: argparse.Namespace) -> int:
 
         raise ColdpressError("--stop-service applies to --service only; add --service")
     region = _region(args)
+    decoder = decoder_choice(args)
     module, function = ENGINES[args.engine]
     restore = getattr(importlib.import_module(module), function)
     paths = restore(
         args.archive, args.dst, ids=None if args.all else args.ids, fmt=args.fmt,
         storage_options=storage_options(args), progress=show_progress(args), **beam_kwargs(args),
         **engine_kwargs(args, args.engine), **({"region": region} if region else {}),
+        **({"decoder": decoder} if decoder else {}),
     )
     say(args, f"restored {len(paths)} image(s) to {args.dst}")
     return 0
+
+
+def decoder_choice(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The fields of the --decoder choice (checked), or None for the coarse decoder with no options."""
+    from coldpress.codec.diffusion import DecoderChoice
+
+    choice = DecoderChoice(decoder=args.decoder, steps=args.steps, detail=args.detail, model=args.decoder_model)
+    return None if choice.is_coarse else choice.to_dict()
 
 
 def _region(args: argparse.Namespace) -> dict[str, Any] | None:

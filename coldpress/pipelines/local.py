@@ -220,6 +220,7 @@ def restore_local(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = True,
     region: Mapping[str, Any] | None = None,
+    decoder: Any = None,
 ) -> list[str]:
     """Decode images of ``archive`` into files under ``dst``; return the paths written, sorted by id.
 
@@ -231,6 +232,8 @@ def restore_local(
     short hash of the id added to their names. Rasters restore as GeoTIFF (``records.restore_record``:
     fmt "auto", the default, writes a COG named .tif); ``region`` ({"window": (col, row, width,
     height)} or {"bbox": (minx, miny, maxx, maxy), "bbox_crs": ...}) restores only that part of each.
+    ``decoder`` (a ``coldpress.codec.diffusion.DecoderChoice`` or a mapping of its fields) restores photos
+    through the diffusion decoder (default: the coarse decoder).
 
     Restoring every row of a damaged archive (``ids`` None) reads it part by part
     (``archive.salvage``): the rows of every intact row group are written, and the rows of a damaged
@@ -275,7 +278,7 @@ def restore_local(
                 rid = row["id"]
                 try:
                     target = restore_record(row, join_destination(dst, names[rid]), fmt, storage_options,
-                                            region=region)
+                                            region=region, decoder=decoder)
                     written.append((rid, target))
                 except Exception as exc:  # noqa: BLE001 - sorted: a bad row is listed, anything else stops
                     reason = restore_failure(exc)

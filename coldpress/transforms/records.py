@@ -173,8 +173,12 @@ def encode_record(
 def _row(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, bitstream: bytes, metadata: dict[str, Any],
          **coded: Any) -> dict[str, Any]:
     """An archive row: the source's and codec's columns, plus ``coded`` (size, mode, formats, achieved
-    bpp, recon_sha256, psnr), which photos and rasters compute differently."""
+    bpp, recon_sha256, psnr), which photos and rasters compute differently. A Parquet dataset row's
+    other columns (``datasets.DatasetBytes``) go into the metadata as ``dataset``."""
     described = codec.describe()
+    columns = getattr(data, "columns", None)
+    if columns:
+        metadata = {**metadata, "dataset": columns}
     return {
         "id": rid,
         "source_uri": str(uri),
@@ -302,17 +306,20 @@ def is_raster_row(row: Mapping[str, Any]) -> bool:
     return row.get("mode") == raster.RASTER_MODE
 
 
-def decode_record(row: Mapping[str, Any]) -> np.ndarray:
+def decode_record(row: Mapping[str, Any], decoder: Any = None) -> np.ndarray:
     """The image of an archive row, after checking its bitstream against ``bitstream_sha256``.
 
-    Rasters decode to (H, W, bands) arrays of the source's data type, nodata and masks applied."""
+    Rasters decode to (H, W, bands) arrays of the source's data type, nodata and masks applied.
+    ``decoder``: a ``coldpress.codec.diffusion.DecoderChoice`` (or its fields as a mapping); None is the
+    coarse decoder, the one ``verify`` checks."""
     rid = row.get("id", "?")
     bitstream = checked_bitstream(row)
     if raster.is_package(bitstream):
+        _refuse_diffusion_raster(row, decoder)
         check_decode(package_header(bitstream))  # the whole raster in memory: bounded
         pixels = raster.decode_package(bitstream)
     else:
-        pixels = decode_bitstream(bitstream)
+        pixels = decode_bitstream(bitstream, decoder=decoder)
     width, height = row.get("width"), row.get("height")
     if width is not None and height is not None and pixels.shape[:2] != (int(height), int(width)):
         raise BitstreamError(
@@ -402,22 +409,78 @@ def to_pil(pixels: np.ndarray) -> Image.Image:
     return img
 
 
-def image_bytes(pixels: np.ndarray, fmt: str = "png") -> bytes:
+#: Key of the PNG text chunk (and the JSON object in the TIFF/JPEG/WebP ImageDescription) recording which
+#: decoder made a restored file: decoder, steps, detail, decoder weights id and sha256.
+PROVENANCE_KEY = "coldpress:decoder"
+_EXIF_IMAGE_DESCRIPTION = 0x010E
+
+
+def image_bytes(pixels: np.ndarray, fmt: str = "png", provenance: Mapping[str, Any] | None = None) -> bytes:
     """The encoded file content of ``pixels`` in output format ``fmt``.
 
     JPEG and BMP keep no alpha: LA and RGBA images are written as L and RGB (alpha dropped).
+    ``provenance`` (what made the pixels) goes into a PNG text chunk ``coldpress:decoder``, or the
+    ImageDescription of TIFF, JPEG and WebP files as ``{"coldpress:decoder": {...}}``; BMP has no room.
     """
     pil_format, _, keeps_alpha = _output_format(fmt)
     img = to_pil(pixels)
     if not keeps_alpha and img.mode in ("LA", "RGBA"):
         img = img.convert(img.mode[:-1])
+    options = dict(_SAVE_OPTIONS.get(pil_format, {}))
+    if provenance:
+        text = json.dumps(dict(provenance), sort_keys=True)
+        if pil_format == "PNG":
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_text(PROVENANCE_KEY, text)
+            options["pnginfo"] = info
+        elif pil_format == "TIFF":
+            options["tiffinfo"] = {270: json.dumps({PROVENANCE_KEY: dict(provenance)}, sort_keys=True)}
+        elif pil_format in ("JPEG", "WEBP"):
+            exif = Image.Exif()
+            exif[_EXIF_IMAGE_DESCRIPTION] = json.dumps({PROVENANCE_KEY: dict(provenance)}, sort_keys=True)
+            options["exif"] = exif.tobytes()
     buf = io.BytesIO()
-    img.save(buf, format=pil_format, **_SAVE_OPTIONS.get(pil_format, {}))
+    img.save(buf, format=pil_format, **options)
     return buf.getvalue()
 
 
+def restored_provenance(data: bytes) -> dict[str, Any] | None:
+    """The decoder provenance recorded in a restored image file (``image_bytes``), or None."""
+    with Image.open(io.BytesIO(data)) as img:
+        text = img.info.get(PROVENANCE_KEY) if img.format == "PNG" else None
+        if text:
+            return json.loads(text)
+        description = None
+        if img.format == "TIFF":
+            description = img.tag_v2.get(270)
+        elif img.format in ("JPEG", "WEBP"):
+            description = img.getexif().get(_EXIF_IMAGE_DESCRIPTION)
+        if description:
+            try:
+                return json.loads(description).get(PROVENANCE_KEY)
+            except (ValueError, AttributeError):
+                return None
+    return None
+
+
+def _refuse_diffusion_raster(row: Mapping[str, Any], decoder: Any) -> None:
+    if decoder is None:
+        return
+    from coldpress.codec.diffusion import DecoderChoice
+
+    if not DecoderChoice.of(decoder).is_coarse:
+        raise ColdpressError(
+            f"{row.get('id')!r} is a georeferenced raster: the diffusion decoder restores photos (it invents "
+            "plausible detail, which rasters measured in physical units must not get); restore rasters "
+            "without --decoder diffusion"
+        )
+
+
 def write_image(
-    pixels: np.ndarray, dst_uri: str, fmt: str = "png", storage_options: dict[str, Any] | None = None
+    pixels: np.ndarray, dst_uri: str, fmt: str = "png", storage_options: dict[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> int:
     """Write ``pixels`` as an image file at ``dst_uri`` (local path or fsspec URL); return its size.
 
@@ -425,7 +488,7 @@ def write_image(
     same folder and renamed; on object stores (s3, gs, az, memory) one PUT is atomic by itself;
     on other filesystems it is written to a temporary name and moved.
     """
-    return write_file_bytes(image_bytes(pixels, fmt), dst_uri, storage_options)
+    return write_file_bytes(image_bytes(pixels, fmt, provenance), dst_uri, storage_options)
 
 
 def write_file_bytes(data: bytes, dst_uri: str, storage_options: dict[str, Any] | None = None) -> int:
@@ -485,6 +548,7 @@ def restore_record(
     storage_options: dict[str, Any] | None = None,
     *,
     region: Mapping[str, Any] | None = None,
+    decoder: Any = None,
 ) -> str:
     """Decode one archive row into the file ``target``; return the path written.
 
@@ -493,7 +557,8 @@ def restore_record(
     source's CRS, transform, bands, dtype, nodata, descriptions and tags; other formats get the 8-bit
     coded view of bands 1-3. ``region`` ({"window": (col, row, w, h)} or {"bbox": (minx, miny, maxx,
     maxy), "bbox_crs": "EPSG:4326"}) restores only that part of a raster, georeferenced, decoding only
-    the tiles it overlaps.
+    the tiles it overlaps. ``decoder`` (a ``DecoderChoice`` or its fields; photos only) picks the
+    diffusion decoder, recorded in the file (``image_bytes``'s provenance).
     """
     fmt = str(fmt or "auto").lower()
     if not is_raster_row(row):
@@ -502,8 +567,15 @@ def restore_record(
                 f"{row.get('id')!r} is a photo, not a georeferenced raster: --window and --bbox restore regions "
                 "of rasters only; restore it whole (drop --window/--bbox)"
             )
-        write_image(decode_record(row), target, fmt, storage_options)
+        provenance = None
+        if decoder is not None:
+            from coldpress.codec.diffusion import DecoderChoice, provenance as decoder_provenance
+
+            choice = DecoderChoice.of(decoder)
+            provenance = None if choice.is_coarse else decoder_provenance(choice)
+        write_image(decode_record(row, decoder), target, fmt, storage_options, provenance)
         return str(target)
+    _refuse_diffusion_raster(row, decoder)
     pkg = raster.unpack_package(checked_bitstream(row))
     meta = _raster_meta(row)
     ext, data = _raster_file(pkg, meta, fmt, region)

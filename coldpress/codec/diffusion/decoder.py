@@ -5,7 +5,12 @@ its rate and a seed, and returns the refined image. ``decode_with_diffusion(bits
 bitstream through its codec's coarse decoder and refines it: the bitstream, container and entropy model
 are untouched, so every archive already written restores through it. The seed is the bitstream's sha256,
 so a restore is reproducible: the same bitstream, decoder weights, steps and detail give the same pixels
-in any process and with any thread count (float32 on CPU; on CUDA with TF32 off).
+in any process and with any thread count. On CPU the UNet runs in float64: in float32, oneDNN's and the
+GEMMs' kernels change with the thread count and so do the last bits of a convolution (measured: up to
+4e-6 between 1 and 2 threads, enough to move a pixel by one level), while float64 differences (~1e-14)
+never reach a rounding. The scheduler steps and the noise are float32 and element-wise (exact on every
+device; the noise is drawn on the CPU), and on CUDA the UNet runs in float32 with TF32 off, so GPU pixels
+stay within a level of the CPU's.
 
 Large images run the UNet tile by tile (``tile`` x ``tile`` pixels with a ``halo``, both fixed per decoder:
 part of what defines its pixels), while the scheduler steps and the noise cover the whole image.
@@ -13,6 +18,7 @@ part of what defines its pixels), while the scheduler steps and the noise cover 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from typing import Any
@@ -55,6 +61,8 @@ class DiffusionDecoder:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.loaded: LoadedDecoder = load_decoder(decoder, self.device)
         self.cfg = self.loaded.cfg
+        self.dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+        self.net = self.loaded.net if self.dtype == torch.float32 else copy.deepcopy(self.loaded.net).to(self.dtype)
 
     @property
     def decoder_id(self) -> str:
@@ -66,9 +74,13 @@ class DiffusionDecoder:
                 "steps": steps, "detail": detail}
 
     def _denoise_tiled(self, coarse: torch.Tensor, bpp: float):
-        net = self.loaded.net
         align = self.cfg.align
         tile, halo = TILE, HALO
+        dtype = self.dtype
+        coarse = coarse.to(dtype)
+
+        def net(x: torch.Tensor, c: torch.Tensor, t: int, rate: float) -> torch.Tensor:
+            return self.net(x.to(dtype), c, t, rate).float()
 
         def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
             _, _, h, w = x_t.shape
@@ -97,6 +109,9 @@ class DiffusionDecoder:
             raise ColdpressError(f"the diffusion decoder refines (H, W, 3) uint8 images, got {coarse.shape} {coarse.dtype}")
         if detail == 0.0:
             return coarse.copy()
+        if self.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+            raise ColdpressError("the diffusion decoder needs TF32 off on CUDA (TF32 convolutions would round "
+                                 "differently from every CPU): set torch.backends.cudnn.allow_tf32 = False")
         h, w = coarse.shape[:2]
         c = torch.from_numpy(np.ascontiguousarray(coarse)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
         c = pad_to(c, self.cfg.align).to(self.device)

@@ -94,6 +94,10 @@ class RelayDenoiser(nn.Module):
             up_block_types=("UpBlock2D",) * n, add_attention=False, norm_num_groups=cfg.norm_num_groups,
             class_embed_type="timestep",
         )
+        # diffusers projects the rate label in float32 whatever the UNet's dtype: cast it to the
+        # embedding's dtype, so the denoiser also runs in float64 (the reproducible CPU decode).
+        self.unet.class_embedding.register_forward_pre_hook(
+            lambda module, args: tuple(a.to(module.linear_1.weight.dtype) for a in args))
         # The output layer starts at zero: a fresh decoder returns the coarse image exactly, so training
         # starts from the coarse decode's quality and only adds to it.
         nn.init.zeros_(self.unet.conv_out.weight)

@@ -1,0 +1,238 @@
+"""The diffusion decoder (issue 10): relay residual sampling, determinism, the detail knob, restore through
+the CLI in separate processes, decoder weights, and `coldpress train --stage diffusion`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from coldpress.codec.diffusion import DecoderChoice
+from coldpress.codec.diffusion.decoder import DiffusionDecoder, seed_of
+from coldpress.codec.diffusion.denoiser import DenoiserConfig, RelayDenoiser
+from coldpress.codec.diffusion.relay import make_scheduler, relay_start, relay_state, relay_timesteps
+from coldpress.codec.diffusion.weights import save_decoder
+from coldpress.errors import ColdpressError
+from coldpress.jobs.cli import main
+from coldpress.transforms.archive import open_archive
+from synthetic_images import natural_image
+
+REPO = Path(__file__).resolve().parents[1]
+V2 = "cp-extreme-s16-v2"
+
+
+def _v2_available() -> bool:
+    from coldpress.codec.models import registry
+
+    return V2 in registry()["models"]
+
+
+def decoder_file(folder: Path, name: str = "test-decoder", seed: int = 0, scale: float = 0.05) -> Path:
+    """A small decoder whose output layer is not zero (a fresh one returns the coarse image exactly)."""
+    torch.manual_seed(seed)
+    net = RelayDenoiser(DenoiserConfig(block_out_channels=(16, 32), norm_num_groups=8))
+    with torch.no_grad():
+        net.unet.conv_out.weight.normal_(0, scale)
+        net.unet.conv_out.bias.normal_(0, scale)
+    path = folder / f"{name}.safetensors"
+    save_decoder(net, path, name)
+    return path
+
+
+def test_the_relay_state_at_the_start_timestep_is_the_coarse_image_plus_noise():
+    cfg = DenoiserConfig()
+    sched = make_scheduler(cfg)
+    g = torch.Generator().manual_seed(1)
+    x0, c, eps = (torch.rand(2, 3, 8, 8, generator=g) * 2 - 1 for _ in range(3))
+    t = torch.full((2,), cfg.start_timestep)
+    assert torch.allclose(relay_state(sched, cfg, x0, c, eps, t), relay_start(sched, cfg, c, eps), atol=1e-5)
+    # Near t = 0 the state is the original: the residual shrinks with the noise.
+    near = relay_state(sched, cfg, x0, c, eps, torch.zeros(2, dtype=torch.long))
+    assert (near - x0).abs().max() < 0.05
+    assert relay_timesteps(cfg, 2) == [250, 125] and relay_timesteps(cfg, 1) == [250]
+    with pytest.raises(ColdpressError, match="between 1 and 5"):
+        relay_timesteps(cfg, 6)
+
+
+def test_a_fresh_decoder_and_detail_zero_give_the_coarse_image(tmp_path):
+    torch.manual_seed(0)
+    fresh = RelayDenoiser(DenoiserConfig(block_out_channels=(16, 32), norm_num_groups=8))
+    save_decoder(fresh, tmp_path / "fresh.safetensors", "fresh")
+    coarse = natural_image(40, 56, "RGB", seed=2)
+    assert np.array_equal(DiffusionDecoder(str(tmp_path / "fresh.safetensors"), "cpu").refine(coarse, 0.05, 7, 2), coarse)
+    trained = DiffusionDecoder(str(decoder_file(tmp_path)), "cpu")
+    assert np.array_equal(trained.refine(coarse, 0.05, 7, 2, detail=0.0), coarse)
+    refined = trained.refine(coarse, 0.05, 7, 2)
+    assert refined.shape == coarse.shape and refined.dtype == np.uint8 and not np.array_equal(refined, coarse)
+
+
+def test_refinement_is_deterministic_and_follows_seed_detail_steps_and_rate(tmp_path):
+    dec = DiffusionDecoder(str(decoder_file(tmp_path)), "cpu")
+    coarse = natural_image(48, 64, "RGB", seed=3)
+    a = dec.refine(coarse, 0.03, 11, 2)
+    assert np.array_equal(a, dec.refine(coarse, 0.03, 11, 2))
+    for other in (dec.refine(coarse, 0.03, 12, 2), dec.refine(coarse, 0.03, 11, 3),
+                  dec.refine(coarse, 0.03, 11, 2, 1.5), dec.refine(coarse, 0.1, 11, 2)):
+        assert not np.array_equal(a, other)
+    # Detail scales the change: smoother below 1, stronger above.
+    change = {s: np.abs(dec.refine(coarse, 0.03, 11, 2, s).astype(int) - coarse).mean() for s in (0.5, 1.0, 2.0)}
+    assert change[0.5] < change[1.0] < change[2.0]
+    for bad in ({"steps": 0}, {"steps": 6}, {"detail": -0.1}, {"detail": float("nan")}):
+        with pytest.raises(ColdpressError, match="--steps|--detail"):
+            dec.refine(coarse, 0.03, 11, bad.get("steps", 2), bad.get("detail", 1.0))
+
+
+def test_large_images_refine_tile_by_tile_with_the_shape_kept(tmp_path, monkeypatch):
+    from coldpress.codec.diffusion import decoder as decoder_module
+
+    dec = DiffusionDecoder(str(decoder_file(tmp_path)), "cpu")
+    coarse = natural_image(40, 150, "RGB", seed=4)
+    whole = dec.refine(coarse, 0.05, 3, 1)
+    monkeypatch.setattr(decoder_module, "TILE", 64)
+    differences = {}
+    for halo in (0, 32):
+        monkeypatch.setattr(decoder_module, "HALO", halo)
+        tiled = dec.refine(coarse, 0.05, 3, 1)
+        assert tiled.shape == whole.shape and tiled.dtype == np.uint8
+        differences[halo] = np.abs(tiled.astype(int) - whole).mean()
+    # GroupNorm statistics are per tile, so tiles differ from the whole image; the halo narrows the gap.
+    assert differences[32] < differences[0]
+
+
+def test_decoder_choices_are_checked_with_messages_that_say_what_to_do(tmp_path):
+    with pytest.raises(ColdpressError, match="add --decoder diffusion"):
+        DecoderChoice(decoder="coarse", steps=2)
+    with pytest.raises(ColdpressError, match="unknown decoder"):
+        DecoderChoice(decoder="gan")
+    with pytest.raises(ColdpressError, match="--steps must be"):
+        DecoderChoice(decoder="diffusion", steps=9)
+    with pytest.raises(ColdpressError, match="unknown diffusion decoder 'nope'"):
+        DiffusionDecoder("nope", "cpu")
+    not_a_decoder = tmp_path / "codec.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(not_a_decoder), metadata={"config": "{}"})
+    with pytest.raises(ColdpressError, match="not a coldpress diffusion decoder"):
+        DiffusionDecoder(str(not_a_decoder), "cpu")
+
+
+@pytest.fixture(scope="module")
+def v2_archive(tmp_path_factory):
+    if not _v2_available():
+        pytest.skip(f"{V2} is not shipped in this installation")
+    root = tmp_path_factory.mktemp("v2")
+    src = root / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(96, 128, "RGB", seed=21)).save(src / "photo.png")
+    alpha = np.full((96, 128, 1), 255, np.uint8)
+    alpha[:16, :16] = 0  # a transparent corner: an alpha plane that costs few bytes
+    Image.fromarray(np.concatenate([natural_image(96, 128, "RGB", seed=22), alpha], axis=2)).save(src / "alpha.png")
+    assert main(["encode", str(src), str(root / "archive"), "--bpp", "0.5", "--model", V2, "--quiet"]) == 0
+    assert len(open_archive(str(root / "archive")).read(columns=["id"])) == 2
+    return root
+
+
+def _restore_in_process(archive: Path, dst: Path, decoder: Path, threads: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); from coldpress.jobs.cli import main; "
+            "sys.exit(main(sys.argv[2:]))")
+    return subprocess.run(
+        [sys.executable, "-c", code, str(threads), "restore", str(archive), str(dst), "--all", "--decoder", "diffusion",
+         "--steps", "2", "--decoder-model", str(decoder), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_an_archive_of_the_current_release_restores_identically_in_two_processes_and_thread_counts(v2_archive, tmp_path):
+    from coldpress.transforms.records import restored_provenance
+
+    dec = decoder_file(tmp_path)
+    outs = []
+    for threads in (1, 2):
+        dst = tmp_path / f"out{threads}"
+        proc = _restore_in_process(v2_archive / "archive", dst, dec, threads)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append({p.name: p.read_bytes() for p in sorted(dst.iterdir())})
+    assert outs[0] == outs[1] and set(outs[0]) == {"photo.png", "alpha.png"}
+    assert main(["restore", str(v2_archive / "archive"), str(tmp_path / "coarse"), "--all", "--quiet"]) == 0
+    for name, data in outs[0].items():
+        coarse = (tmp_path / "coarse" / name).read_bytes()
+        refined_px, coarse_px = (np.asarray(Image.open(io.BytesIO(d))) for d in (data, coarse))
+        assert refined_px.shape == coarse_px.shape and not np.array_equal(refined_px, coarse_px)
+        if refined_px.shape[-1] == 4:  # the alpha plane is the codec's, untouched
+            assert np.array_equal(refined_px[..., 3], coarse_px[..., 3])
+        provenance = restored_provenance(data)
+        assert provenance["decoder"] == "diffusion" and provenance["steps"] == 2 and provenance["detail"] == 1.0
+        assert provenance["decoder_id"] == "test-decoder" and len(provenance["decoder_sha256"]) == 64
+        assert restored_provenance(coarse) is None
+
+
+def test_restore_records_the_decoder_in_tiff_and_refuses_decoder_options_without_diffusion(v2_archive, tmp_path, capsys):
+    from coldpress.transforms.records import restored_provenance
+
+    dec = decoder_file(tmp_path)
+    assert main(["restore", str(v2_archive / "archive"), str(tmp_path / "t"), "--id", "photo.png", "--format", "tiff",
+                 "--decoder", "diffusion", "--steps", "1", "--detail", "0.5", "--decoder-model", str(dec),
+                 "--quiet"]) == 0
+    tif = next((tmp_path / "t").iterdir())
+    assert restored_provenance(tif.read_bytes())["steps"] == 1
+    assert restored_provenance(tif.read_bytes())["detail"] == 0.5
+    assert main(["restore", str(v2_archive / "archive"), str(tmp_path / "x"), "--all", "--steps", "2"]) == 1
+    assert "add --decoder diffusion" in capsys.readouterr().err
+    assert main(["restore", str(v2_archive / "archive"), str(tmp_path / "x"), "--all", "--decoder", "diffusion",
+                 "--decoder-model", str(dec), "--steps", "7"]) == 1
+    assert "--steps must be" in capsys.readouterr().err
+
+
+def test_the_python_api_decodes_through_the_diffusion_decoder(v2_archive, tmp_path):
+    from coldpress.codec import decode_bitstream
+    from coldpress.pipelines.local import restore_local
+    from coldpress.transforms.archive import open_archive
+
+    dec = decoder_file(tmp_path)
+    row = next(r for r in open_archive(str(v2_archive / "archive")).read().to_pylist() if r["id"] == "photo.png")
+    choice = {"decoder": "diffusion", "steps": 2, "model": str(dec)}
+    px = decode_bitstream(row["bitstream"], decoder=choice)
+    assert np.array_equal(px, decode_bitstream(row["bitstream"], decoder=DecoderChoice(**choice)))
+    assert not np.array_equal(px, decode_bitstream(row["bitstream"]))
+    paths = restore_local(str(v2_archive / "archive"), str(tmp_path / "api"), ids=["photo.png"], progress=False,
+                          decoder=choice)
+    assert np.array_equal(np.asarray(Image.open(paths[0])), px)
+    assert seed_of(row["bitstream"]) == seed_of(bytes(row["bitstream"]))
+
+
+def test_train_stage_diffusion_runs_resumes_and_exports_a_decoder_that_restores(tmp_path, v2_archive):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(natural_image(80, 96, "RGB", seed=40 + i)).save(data / f"im{i}.png")
+    run = tmp_path / "run"
+    common = ["train", "--stage", "diffusion", "--run", str(run), "--data", str(data), "--batch", "2", "--crop", "64",
+              "--pool", "3", "--refresh", "1", "--threads", "1", "--log-every", "1", "--quiet"]
+    assert main([*common, "--steps", "2"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 2 and (run / "decoder.safetensors").exists() and (run / "optimizer.pt").exists()
+    out = tmp_path / "export"
+    assert main([*common, "--steps", "1", "--model-id", "tiny-decoder", "--export-to", str(out)]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 3 and [h["to_step"] for h in state["history"]] == [2, 3]
+    assert (out / "tiny-decoder.md").read_text().startswith("# Model card: tiny-decoder")
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and len(log) == 4
+    dec = DiffusionDecoder(str(out / "tiny-decoder.safetensors"), "cpu")
+    assert dec.decoder_id == "tiny-decoder"
+    assert main(["restore", str(v2_archive / "archive"), str(tmp_path / "r"), "--id", "photo.png", "--decoder",
+                 "diffusion", "--decoder-model", str(out / "tiny-decoder.safetensors"), "--quiet"]) == 0
+    # A codec run folder is not a decoder run folder.
+    (tmp_path / "codec-run").mkdir()
+    (tmp_path / "codec-run" / "checkpoint.safetensors").write_bytes(b"x")
+    assert main(["train", "--stage", "diffusion", "--run", str(tmp_path / "codec-run"), "--data", str(data),
+                 "--steps", "1", "--crop", "64"]) == 1
