@@ -23,6 +23,7 @@ import uuid
 from typing import Any
 
 from coldpress.errors import ArchiveError
+from coldpress.transforms.archive.cleanup import clean_interrupted_writes
 from coldpress.transforms.archive.layout import _display, _is_local, _makedirs
 
 LEASE_NAME = "_lease.json"
@@ -60,6 +61,8 @@ class ArchiveLease:
         self.path = f"{self.root}/{LEASE_NAME}"
         self.ttl = float(ttl if ttl is not None else os.environ.get("COLDPRESS_LEASE_TTL_S", LEASE_TTL_S))
         self.owner = uuid.uuid4().hex
+        #: What the interrupted runs before this one left and acquire() removed (cleanup.py).
+        self.cleaned: dict[str, int] = {}
         self._etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,6 +109,9 @@ class ArchiveLease:
         _makedirs(self.fs, self.root)
         for _ in range(5):
             if self._create():
+                # No other writer runs now: what interrupted ones left (temporary files, incomplete
+                # multipart uploads, input listings) is stale.
+                self.cleaned = clean_interrupted_writes(self.fs, self.root)
                 self._thread = threading.Thread(target=self._renew, name="coldpress-lease", daemon=True)
                 self._thread.start()
                 return self
