@@ -1,7 +1,10 @@
 """A fault injector in front of the S3 test server: an HTTP proxy on 127.0.0.1 that forwards each
 request to moto's server, except for a chosen fraction, which it answers with 503 SlowDown or 500
-InternalError (S3's XML error bodies), or drops (the connection is reset with no answer). The
-choice is a seeded random draw per request, so a run is reproducible; ``counts`` says what it did.
+InternalError (S3's XML error bodies), drops (the connection is reset with no answer), stalls (holds
+the request ``stall_s`` seconds, never forwarded, then closes the connection: the client's read
+timeout must be shorter, see ``client_options``) or truncates (forwards a GET and sends its headers
+with the whole Content-Length but only half the body, then closes). The choice is a seeded random
+draw per request, so a run is reproducible; ``counts`` says what it did.
 
     with FaultyS3(upstream="http://127.0.0.1:5000", rate=0.05, seed=1) as proxy:
         encode_local(src, "s3://bucket/archive", storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
@@ -14,11 +17,20 @@ import http.client
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = ("503", "500", "reset")
+FAULTS = ("503", "500", "reset", "stall", "truncate")
+#: The client settings that make a stall a fault (a read timeout shorter than the stall) and leave
+#: room for the retries: storage options for s3fs (``config_kwargs`` go to botocore's Config).
+STALL_S = 2.0
+
+
+def client_options(url: str) -> dict:
+    return {"client_kwargs": {"endpoint_url": url}, "skip_instance_cache": True,
+            "config_kwargs": {"read_timeout": STALL_S / 2, "connect_timeout": STALL_S / 2}}
 _BODIES = {
     "503": (503, "SlowDown", "Please reduce your request rate."),
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -27,7 +39,8 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te
 
 
 class FaultyS3:
-    def __init__(self, upstream: str, rate: float, seed: int = 0, faults: tuple[str, ...] = FAULTS) -> None:
+    def __init__(self, upstream: str, rate: float, seed: int = 0, faults: tuple[str, ...] = FAULTS,
+                 stall_s: float = STALL_S) -> None:
         self.upstream = urlsplit(upstream)
         self.rate = rate
         self.faults = faults
@@ -45,7 +58,12 @@ class FaultyS3:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._draw()
+                fault = proxy._draw(self.command)
+                if fault == "stall":
+                    time.sleep(stall_s)
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 if fault == "reset":
                     self.close_connection = True
                     try:
@@ -76,7 +94,12 @@ class FaultyS3:
                 if self.command != "HEAD":
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if fault == "truncate":  # the whole length announced, half of it sent
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 
@@ -87,10 +110,12 @@ class FaultyS3:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def _draw(self) -> str | None:
+    def _draw(self, method: str) -> str | None:
         with self._lock:
             if self._rng.random() < self.rate:
                 fault = self._rng.choice(self.faults)
+                if fault == "truncate" and method != "GET":  # only a body can be cut short
+                    fault = "reset"
             else:
                 fault = "forwarded"
             self.counts[fault] += 1

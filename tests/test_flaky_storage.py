@@ -1,59 +1,137 @@
 """Flaky object storage: encode, verify, inspect and restore through a proxy that fails 5 % of the
-S3 requests (503 SlowDown, 500 InternalError, reset connections) complete with every input
+S3 requests (503 SlowDown, 500 InternalError, reset connections, stalls past the client's read
+timeout, GET responses cut in half) complete on every engine (local, Ray, Beam) with every input
 archived exactly once, no partial shard visible, and every image restored."""
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import s3fs
 from PIL import Image
 
+from coldpress.jobs.inspect import inspect_archive
 from coldpress.pipelines.local import encode_local, restore_local, verify_local
 from coldpress.transforms.archive import open_archive
-from faulty_s3 import FaultyS3
+from faulty_s3 import FAULTS, FaultyS3, client_options
 from synthetic_images import natural_image
 
-RATE = float(__import__("os").environ.get("FLAKY_RATE", "0.05"))
+RATE = float(os.environ.get("FLAKY_RATE", "0.05"))
+N = 16
 
 
-def test_local_engine_through_5_percent_faults(tmp_path, s3_server, s3_bucket, monkeypatch):
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+def _sources(s3_server: str, bucket: str) -> s3fs.S3FileSystem:
     s3fs.S3FileSystem.clear_instance_cache()
     direct = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
-    n = 16
-    for i in range(n):
+    for i in range(N):
         out = io.BytesIO()
         Image.fromarray(natural_image(64, 64, seed=300 + i)).save(out, format="PNG")
-        direct.pipe_file(f"{s3_bucket}/src/{i:02d}.png", out.getvalue())
+        direct.pipe_file(f"{bucket}/src/{i:02d}.png", out.getvalue())
+    return direct
+
+
+def _engine(name: str):
+    """(encode, restore) of an engine, with the engine options that keep a test small."""
+    if name == "local":
+        return (lambda *a, **k: encode_local(*a, workers=2, **k)), restore_local
+    if name == "ray":
+        from coldpress.pipelines.ray import encode_ray, restore_ray
+
+        return encode_ray, restore_ray
+    from coldpress.pipelines.beam import encode_beam, restore_beam
+
+    args = ["--direct_num_workers=1"]
+    return ((lambda *a, **k: encode_beam(*a, pipeline_args=args, **k)),
+            (lambda *a, **k: restore_beam(*a, pipeline_args=args, **k)))
+
+
+def _through_faults(engine: str, tmp_path, s3_server: str, bucket: str) -> None:
+    direct = _sources(s3_server, bucket)
+    encode, restore = _engine(engine)
     with FaultyS3(s3_server, rate=RATE, seed=7) as proxy:
-        options = {"client_kwargs": {"endpoint_url": proxy.url}, "skip_instance_cache": True}
-        archive = f"s3://{s3_bucket}/archive"
-        manifest = encode_local(f"s3://{s3_bucket}/src", archive, codec="jpeg", bpp=2.0, rows_per_shard=4,
-                                storage_options=options, progress=False, workers=2)
+        options = client_options(proxy.url)
+        archive = f"s3://{bucket}/archive"
+        manifest = encode(f"s3://{bucket}/src", archive, codec="jpeg", bpp=2.0, rows_per_shard=4,
+                          storage_options=options, progress=False)
         report = verify_local(archive, storage_options=options, progress=False)
-        paths = restore_local(archive, str(tmp_path / "out"), fmt="png", storage_options=options, progress=False)
-        again = encode_local(f"s3://{s3_bucket}/src", archive, codec="jpeg", bpp=2.0, storage_options=options,
-                             progress=False, workers=1)
+        stats = inspect_archive(archive, options)
+        paths = restore(archive, str(tmp_path / "out"), fmt="png", storage_options=options, progress=False)
+        again = encode(f"s3://{bucket}/src", archive, codec="jpeg", bpp=2.0, storage_options=options,
+                       progress=False)
+    print(engine, "faults", dict(proxy.counts))
     assert proxy.injected >= 3, proxy.counts  # the faults really happened
-    print("faults", dict(proxy.counts))
-    assert (manifest["archived"], manifest["rejected"]) == (n, 0)
-    assert (report["ok"], report["failures"]) == (n, [])
-    assert (again["archived"], again["skipped"]) == (0, n)
+    assert (manifest["archived"], manifest["rejected"]) == (N, 0)
+    assert (report["ok"], report["failures"]) == (N, [])
+    assert (stats["num_rows"], stats["num_rejected"]) == (N, 0)
+    assert (again["archived"], again["skipped"]) == (0, N)
     # Exactly once, no partial or temporary object visible: every object is a complete shard or a side file.
-    objects = direct.find(f"{s3_bucket}/archive")
+    objects = direct.find(f"{bucket}/archive")
     shards = [o for o in objects if o.rsplit("/", 1)[1].startswith("part-")]
-    assert sorted(o.rsplit("/", 1)[1] for o in objects if o not in shards) == ["_manifest.json", "rejected.parquet"]
+    assert sorted(o.split("/archive/", 1)[1] for o in objects if o not in shards) == [
+        "_manifest.json", "_rejected/rejected.parquet"]
     ids = []
     for shard in shards:
         with direct.open(shard, "rb") as f:
             ids += pq.read_table(f, columns=["id"]).column("id").to_pylist()
-    assert sorted(ids) == [f"{i:02d}.png" for i in range(n)]
-    assert len(paths) == n
+    assert sorted(ids) == [f"{i:02d}.png" for i in range(N)]
+    assert len(paths) == N
     rows = {r["id"]: r for r in open_archive(archive, storage_options={"client_kwargs": {"endpoint_url": s3_server}})
             .read(columns=["id", "width"]).to_pylist()}
-    for i in range(n):
+    for i in range(N):
         restored = np.asarray(Image.open(tmp_path / "out" / f"{i:02d}.png"))
         assert restored.shape[:2] == (64, rows[f"{i:02d}.png"]["width"])
+
+
+def test_fault_kinds_of_the_proxy():
+    assert set(FAULTS) == {"503", "500", "reset", "stall", "truncate"}
+
+
+def test_local_engine_through_5_percent_faults(tmp_path, s3_server, s3_bucket, monkeypatch):
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    _through_faults("local", tmp_path, s3_server, s3_bucket)
+
+
+def test_beam_engine_through_5_percent_faults(tmp_path, s3_server, s3_bucket, monkeypatch):
+    pytest.importorskip("apache_beam")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    _through_faults("beam", tmp_path, s3_server, s3_bucket)
+
+
+def test_ray_engine_through_5_percent_faults(tmp_path, s3_server, s3_bucket, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from coldpress.pipelines.ray import connect
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")  # before ray.init: its workers get this environment
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(num_cpus=2, object_store_memory=256 << 20, quiet=True)
+    try:
+        _through_faults("ray", tmp_path, s3_server, s3_bucket)
+    finally:
+        ray.shutdown()
+
+
+def test_truncated_and_stalled_responses_are_retried(tmp_path, s3_server, s3_bucket, monkeypatch):
+    """Only the two slow-to-notice faults, often: a GET whose body stops halfway (the announced length
+    is not reached) and a request that hangs past the read timeout."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    direct = _sources(s3_server, s3_bucket)
+    archive = f"s3://{s3_bucket}/archive"
+    encode_local(f"s3://{s3_bucket}/src", archive, codec="jpeg", bpp=2.0, rows_per_shard=4,
+                 storage_options={"client_kwargs": {"endpoint_url": s3_server}}, progress=False, workers=1)
+    with FaultyS3(s3_server, rate=0.15, seed=3, faults=("truncate", "stall")) as proxy:
+        options = client_options(proxy.url)
+        report = verify_local(archive, storage_options=options, progress=False)
+        paths = restore_local(archive, str(tmp_path / "out"), fmt="png", storage_options=options, progress=False)
+    print("faults", dict(proxy.counts))
+    assert proxy.counts["truncate"] >= 2 and proxy.counts["stall"] >= 1, proxy.counts
+    assert (report["ok"], report["failures"]) == (N, [])
+    assert len(paths) == N
+    for i in range(N):
+        with direct.open(f"{s3_bucket}/src/{i:02d}.png", "rb") as f:
+            source = np.asarray(Image.open(f))
+        assert np.asarray(Image.open(tmp_path / "out" / f"{i:02d}.png")).shape == source.shape

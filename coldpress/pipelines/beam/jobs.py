@@ -22,7 +22,7 @@ from coldpress.transforms.plan import (check_strict, join_destination, plan_enco
     restore_failures_error, run_manifest)
 from coldpress.transforms.sources import filesystem_for
 from coldpress.pipelines.beam.options import (ENGINE, DEFAULT_RUNNER, DEFAULT_BATCH_SIZE, IMAGES, ARCHIVED,
-    REJECTED, RESTORED, FAILED, pipeline_options, make_pipeline, _runner_name, _sharing)
+    REJECTED, RESTORED, FAILED, graph_storage_options, pipeline_options, make_pipeline, _runner_name, _sharing)
 from coldpress.pipelines.beam.read import InputListing, ReadImages, write_listing, remove_listing
 from coldpress.pipelines.beam.encode import EncodeImages
 from coldpress.pipelines.beam.write import WriteArchive
@@ -59,6 +59,7 @@ def encode_beam(
     accepted for the local engine's signature; the runner reports progress itself.
     """
     bpp = check_bpp(bpp)
+    storage_options = graph_storage_options(storage_options)  # no credential travels in the job graph
     launched = time.time()
     started = time.monotonic()
     options = pipeline_options(pipeline_args)
@@ -86,6 +87,9 @@ def encode_beam(
                     large_model, copies, threads, str(dst), rows_per_shard, extra, launched)
     finally:
         remove_listing(listing_folder, str(dst), storage_options)
+    # The workers wrote the archive through their own filesystems: what this one listed when it
+    # planned the run is stale (s3fs caches listings; without this it finds no manifest).
+    plan.dst_fs.invalidate_cache()
     manifest = read_manifest(str(dst), filesystem=plan.dst_fs)
     if manifest is None:  # pragma: no cover - the pipeline succeeded, so its last step wrote it
         raise ArchiveError(f"the Beam job finished but {dst} has no manifest; run the job again (it resumes)")
@@ -99,14 +103,23 @@ def _run_encode(options: PipelineOptions, listing: InputListing, storage_options
                 max_batch_size: int, large_model: bool, copies: int | None, threads: int | None, dst: str,
                 rows_per_shard: int, extra: dict[str, Any], launched: float) -> None:
     with make_pipeline(options) as p:
-        read = p | "Read the planned sources" >> ReadImages(listing, storage_options)
-        encoded = read[IMAGES] | f"Encode at {bpp:g} bpp with {the_codec.name}" >> EncodeImages(
-            codec_spec, bpp, codec_options=codec_options, max_batch_size=max_batch_size,
-            large_model=large_model, model_copies=copies, torch_threads=threads)
-        rejected = (read[REJECTED], encoded[REJECTED]) | "Gather every rejection" >> beam.Flatten()
-        _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected}
-             | "Write the archive" >> WriteArchive(dst, storage_options, rows_per_shard=rows_per_shard,
-                                                   manifest_extra=extra, launched=launched))
+        encode_graph(p, listing, storage_options, the_codec, codec_spec, codec_options, bpp, max_batch_size,
+                     large_model, copies, threads, dst, rows_per_shard, extra, launched)
+
+
+def encode_graph(p: beam.Pipeline, listing: InputListing, storage_options: Mapping[str, Any] | None,
+                 the_codec: Codec, codec_spec: str | Codec, codec_options: dict[str, Any], bpp: float,
+                 max_batch_size: int, large_model: bool, copies: int | None, threads: int | None, dst: str,
+                 rows_per_shard: int, extra: dict[str, Any], launched: float) -> None:
+    """Add encode_beam's transforms to ``p``: what its job graph holds (``tests/test_beam_secrets.py``)."""
+    read = p | "Read the planned sources" >> ReadImages(listing, storage_options)
+    encoded = read[IMAGES] | f"Encode at {bpp:g} bpp with {the_codec.name}" >> EncodeImages(
+        codec_spec, bpp, codec_options=codec_options, max_batch_size=max_batch_size,
+        large_model=large_model, model_copies=copies, torch_threads=threads)
+    rejected = (read[REJECTED], encoded[REJECTED]) | "Gather every rejection" >> beam.Flatten()
+    _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected}
+         | "Write the archive" >> WriteArchive(dst, storage_options, rows_per_shard=rows_per_shard,
+                                               manifest_extra=extra, launched=launched))
 
 
 def restore_beam(
@@ -131,6 +144,7 @@ def restore_beam(
     archive, dst = str(archive), str(dst)
     if isinstance(ids, str):
         raise TypeError("ids must be a list of ids, not a single string")
+    storage_options = graph_storage_options(storage_options)  # no credential travels in the job graph
     options = pipeline_options(pipeline_args)
     fs, _ = filesystem_for(archive, storage_options)
     arch = open_archive(archive, filesystem=fs)

@@ -60,6 +60,15 @@ def pipeline_options(pipeline_args: Sequence[str] | PipelineOptions | None = Non
                 f"Beam pipeline options must be flags starting with '--', got {bad[0]!r}; pass e.g. "
                 "--beam-option=--runner=FlinkRunner --beam-option=--flink_master=host:8081"
             )
+        secret = [a.split("=", 1)[0] for a in flags if _is_secret_name(a.split("=", 1)[0].lstrip("-"))]
+        if secret:
+            raise ColdpressError(
+                f"the Beam option {secret[0]} would store a credential in the job's pipeline options, which "
+                "runners keep in the job's metadata (Dataflow shows them in its console); coldpress reads "
+                "storage through fsspec, not Beam's own S3 options: give credentials through the workers' "
+                "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role or service "
+                "account) and leave the option out"
+            )
         options = PipelineOptions(flags)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
@@ -72,6 +81,41 @@ def pipeline_options(pipeline_args: Sequence[str] | PipelineOptions | None = Non
             direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
         if "--default_sdk_harness_log_level" not in given:  # worker processes log every bundle at INFO
             options.view_as(beam.options.pipeline_options.WorkerOptions).default_sdk_harness_log_level = "WARNING"
+    return options
+
+
+#: Names (of storage options or pipeline flags) that hold credentials, in part or whole.
+_SECRET_PARTS = ("secret", "password", "passwd", "token", "access_key", "account_key", "credential",
+                 "connection_string")
+#: Values of such names that are modes, not credentials (gcsfs ``token="google_default"``, ...).
+_MODES = {"anon", "google_default", "cloud", "browser", "cache"}
+_SECRET_NAMES = {"key", "aws_access_key_id"}
+
+
+def _is_secret_name(name: str) -> bool:
+    name = name.lower().replace("-", "_")
+    return name in _SECRET_NAMES or any(part in name for part in _SECRET_PARTS)
+
+
+def graph_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``storage_options`` as they may travel inside a Beam job graph (pickled into its transforms,
+    which a runner stores and may display): refused with a clear error when they hold a credential
+    (``key``/``secret``/``token`` of s3fs, ``aws_secret_access_key`` in ``client_kwargs``, an account
+    key, a password, ...). Workers take credentials from their own environment instead."""
+    options = dict(storage_options or {}) or None
+    stack = [("", options or {})]
+    while stack:
+        prefix, mapping = stack.pop()
+        for name, value in mapping.items():
+            if isinstance(value, Mapping):
+                stack.append((f"{prefix}{name}.", value))
+            elif value not in (None, "", False) and value not in _MODES and _is_secret_name(str(name)):
+                raise ColdpressError(
+                    f"storage option {prefix}{name} holds a credential, which would travel inside the Beam job "
+                    "graph (runners store it, and may display it); give credentials to the workers through their "
+                    "environment instead (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, a profile, "
+                    "an instance role or service account) and leave it out of the storage options"
+                )
     return options
 
 

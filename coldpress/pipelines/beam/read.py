@@ -11,7 +11,7 @@ import apache_beam as beam
 
 from coldpress.transforms.records import unreadable_row
 from coldpress.transforms.sources import filesystem_for, list_sources, read_bytes
-from coldpress.pipelines.beam.options import IMAGES, REJECTED
+from coldpress.pipelines.beam.options import IMAGES, REJECTED, graph_storage_options
 
 #: Planned inputs per part file of a run's input listing (``write_listing``).
 LISTING_PART_ROWS = 10_000
@@ -115,7 +115,7 @@ class ReadImages(beam.PTransform):
             self._src = src
         else:
             self._src = [(str(u), str(k)) for u, k in src]
-        self._storage_options = dict(storage_options or {}) or None
+        self._storage_options = graph_storage_options(storage_options)
 
     def expand(self, pbegin):
         if isinstance(self._src, str):

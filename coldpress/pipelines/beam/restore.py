@@ -14,7 +14,7 @@ from coldpress.transforms.records import restore_record, restored_names
 from coldpress.transforms.schema import ROW_GROUP_ROWS
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for
-from coldpress.pipelines.beam.options import RESTORED, FAILED
+from coldpress.pipelines.beam.options import RESTORED, FAILED, graph_storage_options
 
 
 class _PlanRestore(beam.DoFn):
@@ -98,7 +98,7 @@ class RestoreImages(beam.PTransform):
             raise TypeError("ids must be a list of ids, not a single string")
         self._archive, self._dst, self._fmt = str(archive), str(dst), fmt
         self._ids = None if ids is None else sorted(set(ids))
-        self._storage_options = dict(storage_options or {}) or None
+        self._storage_options = graph_storage_options(storage_options)
 
     def expand(self, pbegin):
         return (pbegin

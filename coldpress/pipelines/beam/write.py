@@ -13,7 +13,7 @@ import apache_beam as beam
 from coldpress.transforms.archive import (DEFAULT_BYTES_PER_SHARD, DEFAULT_ROWS_PER_SHARD, ArchiveWriter,
     next_shard_index, write_shard)
 from coldpress.transforms.sources import filesystem_for
-from coldpress.pipelines.beam.options import ENGINE, ARCHIVED, REJECTED
+from coldpress.pipelines.beam.options import ENGINE, ARCHIVED, REJECTED, graph_storage_options
 
 
 class _ShardStarts(beam.CombineFn):
@@ -110,7 +110,7 @@ class WriteArchive(beam.PTransform):
         super().__init__()
         if rows_per_shard < 1 or bytes_per_shard < 1:
             raise ValueError("rows_per_shard and bytes_per_shard must be positive")
-        self._dst, self._storage_options = str(dst), dict(storage_options or {}) or None
+        self._dst, self._storage_options = str(dst), graph_storage_options(storage_options)
         self._rows, self._bytes = rows_per_shard, bytes_per_shard
         self._extra = dict(manifest_extra or {"engine": ENGINE})
         self._launched = launched
