@@ -7,7 +7,9 @@ A dataset source is named by a prefix on SRC, which every engine passes to ``sou
     A Parquet file, or a folder (or prefix) of ``*.parquet`` files: the layout of Hugging Face
     datasets and img2dataset. ``image`` names the column of image bytes (default ``image``; a struct
     column with a ``bytes`` field, as Hugging Face's Image feature writes, works too); ``id`` the
-    column of ids (default: ``<file stem>/<row number>``).
+    column of ids (default: ``<file stem>/<row number>``). Every other column of the row (captions,
+    labels, URLs, sizes: at most ``MAX_COLUMNS``, each value as JSON of at most ``MAX_VALUE_CHARS``
+    characters, binary values as their length) goes into the row's metadata as ``dataset``.
 ``webdataset:PATH``
     A ``.tar`` shard, or a folder of them (img2dataset's layout and others'): one input per sample,
     whose id is its ``__key__`` (the member path up to the first dot of its name), read from the
@@ -25,6 +27,8 @@ input with the same id is rejected with the reason, the rest of its shard is arc
 from __future__ import annotations
 
 import csv
+import json
+import math
 import posixpath
 import tarfile
 import threading
@@ -47,7 +51,35 @@ _SEP = "::"
 DUPLICATE_MARK = "\x00duplicate"
 _lock = threading.Lock()
 _indexes: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
-_row_groups: OrderedDict[tuple[str, str, int], tuple[int, list[Any]]] = OrderedDict()
+_row_groups: OrderedDict[tuple[str, str, int], tuple[int, list[Any], list[dict[str, Any]]]] = OrderedDict()
+#: Columns of a Parquet row carried into its archive row's metadata, and the length of each value.
+MAX_COLUMNS = 64
+MAX_VALUE_CHARS = 2048
+
+
+class DatasetBytes(bytes):
+    """The image bytes of a Parquet row, with ``columns``: its other columns (``metadata_value``s),
+    which ``records`` stores in the archive row's metadata under ``dataset``."""
+
+    columns: dict[str, Any]
+
+
+def metadata_value(value: Any) -> Any:
+    """A column value as it goes into the metadata: JSON scalars and small lists/objects as they
+    are, binary as ``"<N bytes>"``, anything longer than MAX_VALUE_CHARS as its truncated JSON text."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        value = {k: metadata_value(v) for k, v in value.items()}  # a second Image feature
+    text = json.dumps(value, default=lambda v: f"<{len(v)} bytes>" if isinstance(v, (bytes, bytearray)) else str(v),
+                      ensure_ascii=False, allow_nan=False) if not isinstance(value, str) else value
+    if len(text) > MAX_VALUE_CHARS:
+        return text[:MAX_VALUE_CHARS - 1] + "\u2026"
+    return json.loads(text) if not isinstance(value, str) else value
 
 
 def dataset_kind(src: str) -> tuple[str, str, dict[str, str]] | None:
@@ -221,16 +253,22 @@ def _parquet_value(fs: Any, shard: str, shard_uri: str, row: int, image: str) ->
         with _lock:
             cached = _row_groups.get(key)
         if cached is None:
-            cached = (start, pf.read_row_group(rg, columns=[image]).column(image).to_pylist())
+            others = [c for c in pf.schema_arrow.names if c != image][:MAX_COLUMNS]
+            table = pf.read_row_group(rg, columns=[image, *others])
+            columns = {c: table.column(c).to_pylist() for c in others}
+            extras = [{c: metadata_value(columns[c][i]) for c in others} for i in range(table.num_rows)]
+            cached = (start, table.column(image).to_pylist(), extras)
             with _lock:
                 _row_groups[key] = cached
                 while len(_row_groups) > ROW_GROUP_CACHE:
                     _row_groups.popitem(last=False)
-    start, values = cached
+    start, values, extras = cached
     value = values[row - start]
     if isinstance(value, dict) and "bytes" in value:  # Hugging Face's Image feature: {bytes, path}
         value = value["bytes"]
     if not isinstance(value, (bytes, bytearray)):
         raise InputRejected(f"row {row} of {shard_uri} holds no image bytes in column {image!r} (it holds "
                             f"{type(value).__name__}); pass the column of encoded image bytes as ?image=COLUMN")
-    return bytes(value)
+    data = DatasetBytes(value)
+    data.columns = extras[row - start]
+    return data

@@ -56,7 +56,8 @@ class CodecModelHandler(ModelHandler):
         return _Archiver(resolve_codec(self._codec, **self._codec_options))
 
     def run_inference(self, batch, model, inference_args=None):
-        return model.archive_batch([(str(k), str(u), bytes(d)) for k, u, d in batch], self._bpp)
+        return model.archive_batch([(str(k), str(u), d if isinstance(d, bytes) else bytes(d)) for k, u, d in batch],
+                                   self._bpp)  # bytes subclasses (datasets.DatasetBytes) keep their columns
 
     def get_num_bytes(self, batch) -> int:
         return sum(len(data) for _, _, data in batch)
