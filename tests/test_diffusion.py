@@ -236,3 +236,32 @@ def test_train_stage_diffusion_runs_resumes_and_exports_a_decoder_that_restores(
     (tmp_path / "codec-run" / "checkpoint.safetensors").write_bytes(b"x")
     assert main(["train", "--stage", "diffusion", "--run", str(tmp_path / "codec-run"), "--data", str(data),
                  "--steps", "1", "--crop", "64"]) == 1
+
+
+def test_ray_beam_and_the_warm_service_restore_through_the_diffusion_decoder_like_the_local_engine(v2_archive, tmp_path):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("apache_beam")
+    from coldpress.pipelines.beam import restore_beam
+    from coldpress.pipelines.local import restore_local
+    from coldpress.pipelines.ray import RestoreService, connect, restore_ray
+
+    archive = str(v2_archive / "archive")
+    choice = {"decoder": "diffusion", "steps": 1, "detail": 1.5, "model": str(decoder_file(tmp_path))}
+    restore_local(archive, str(tmp_path / "local"), progress=False, decoder=choice)
+    expected = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
+    restore_beam(archive, str(tmp_path / "beam"), progress=False, decoder=choice,
+                 pipeline_args=["--direct_num_workers=1"])
+    started_here = not ray.is_initialized()
+    connect(num_cpus=2, object_store_memory=256 << 20, quiet=True)
+    try:
+        restore_ray(archive, str(tmp_path / "ray"), progress=False, decoder=choice, num_actors=1)
+        with RestoreService.start(archive, num_decoders=1, cpus_per_decoder=1) as service:
+            service.restore(["photo.png"], str(tmp_path / "service"), decoder=choice)
+            pixels = service.restore_pixels(["photo.png"], decoder=choice)["photo.png"]
+    finally:
+        if started_here:
+            ray.shutdown()
+    for engine in ("beam", "ray"):
+        assert {p.name: p.read_bytes() for p in (tmp_path / engine).iterdir()} == expected, engine
+    assert (tmp_path / "service" / "photo.png").read_bytes() == expected["photo.png"]
+    assert np.array_equal(pixels, np.asarray(Image.open(io.BytesIO(expected["photo.png"]))))

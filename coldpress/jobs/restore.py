@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from coldpress.jobs.encode import beam_kwargs
 
     if args.service:
-        return _run_service(args, _region(args))
+        return _run_service(args, _region(args), decoder_choice(args))
     if args.stop_service:
         from coldpress.errors import ColdpressError
 
@@ -120,7 +120,8 @@ def _region(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-def _run_service(args: argparse.Namespace, region: dict[str, Any] | None = None) -> int:
+def _run_service(args: argparse.Namespace, region: dict[str, Any] | None = None,
+                 decoder: dict[str, Any] | None = None) -> int:
     """``--service``: send the request to the archive's warm service (started when none runs)."""
     from coldpress.errors import ColdpressError
     from coldpress.jobs.cli import say, storage_options
@@ -147,7 +148,7 @@ def _run_service(args: argparse.Namespace, region: dict[str, Any] | None = None)
 
             fs, _ = filesystem_for(args.archive, options)
             ids = open_archive(args.archive, filesystem=fs).read(columns=["id"]).column("id").to_pylist()
-        paths = service.restore(ids, args.dst, args.fmt, storage_options=options, region=region)
+        paths = service.restore(ids, args.dst, args.fmt, storage_options=options, region=region, decoder=decoder)
     finally:
         if args.stop_service:
             service.shutdown()

@@ -465,6 +465,27 @@ def restored_provenance(data: bytes) -> dict[str, Any] | None:
     return None
 
 
+def decoder_fields(decoder: Any) -> dict[str, Any] | None:
+    """A decoder choice as plain fields for workers (checked where it is made: the driver), or None for
+    the coarse decoder."""
+    if decoder is None:
+        return None
+    from coldpress.codec.diffusion import DecoderChoice
+
+    choice = DecoderChoice.of(decoder)
+    return None if choice.is_coarse else choice.to_dict()
+
+
+def decoder_provenance(decoder: Any) -> dict[str, Any] | None:
+    """What a restored file records about ``decoder`` (None for the coarse decoder: nothing recorded)."""
+    if decoder is None:
+        return None
+    from coldpress.codec.diffusion import DecoderChoice, provenance
+
+    choice = DecoderChoice.of(decoder)
+    return None if choice.is_coarse else provenance(choice)
+
+
 def _refuse_diffusion_raster(row: Mapping[str, Any], decoder: Any) -> None:
     if decoder is None:
         return
@@ -567,13 +588,7 @@ def restore_record(
                 f"{row.get('id')!r} is a photo, not a georeferenced raster: --window and --bbox restore regions "
                 "of rasters only; restore it whole (drop --window/--bbox)"
             )
-        provenance = None
-        if decoder is not None:
-            from coldpress.codec.diffusion import DecoderChoice, provenance as decoder_provenance
-
-            choice = DecoderChoice.of(decoder)
-            provenance = None if choice.is_coarse else decoder_provenance(choice)
-        write_image(decode_record(row, decoder), target, fmt, storage_options, provenance)
+        write_image(decode_record(row, decoder), target, fmt, storage_options, decoder_provenance(decoder))
         return str(target)
     _refuse_diffusion_raster(row, decoder)
     pkg = raster.unpack_package(checked_bitstream(row))
@@ -622,10 +637,12 @@ def raster_file_bytes(row: Mapping[str, Any], fmt: str = "auto", region: Mapping
                         region)
 
 
-def decode_region_record(row: Mapping[str, Any], region: Mapping[str, Any] | None = None) -> np.ndarray:
-    """``decode_record`` of a raster row, or of only a region of it (decoding the tiles it overlaps)."""
+def decode_region_record(row: Mapping[str, Any], region: Mapping[str, Any] | None = None,
+                         decoder: Any = None) -> np.ndarray:
+    """``decode_record`` of a row (through ``decoder``), or of only a region of a raster (decoding the
+    tiles it overlaps)."""
     if not region:
-        return decode_record(row)
+        return decode_record(row, decoder)
     if not is_raster_row(row):
         raise ColdpressError(
             f"{row.get('id')!r} is a photo, not a georeferenced raster: --window and --bbox restore regions "

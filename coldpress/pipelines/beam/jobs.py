@@ -132,9 +132,10 @@ def restore_beam(
     progress: bool = True,
     pipeline_args: Sequence[str] | PipelineOptions | None = None,
     region: Mapping[str, Any] | None = None,
+    decoder: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """``restore_local`` as a Beam pipeline: same arguments and files (``region``: that part of each
-    raster only); returns the paths written, sorted by id.
+    raster only; ``decoder``: photos through the diffusion decoder); returns the paths written, sorted by id.
 
     Absent ids raise ArchiveError before the pipeline starts. Rows that do not decode are skipped,
     the others written, then ArchiveError lists the failures; to bring them back to the launcher on
@@ -156,7 +157,7 @@ def restore_beam(
     report = join_destination(dst, f".coldpress-restore-{uuid.uuid4().hex}.json")
     with make_pipeline(options) as p:
         restored = p | "Restore the images" >> RestoreImages(archive, ids, dst, fmt=fmt, storage_options=storage_options,
-                                                             region=region)
+                                                             region=region, decoder=decoder)
         written_files = restored[RESTORED] | "Gather the files written" >> beam.combiners.ToList()
         _ = (restored[FAILED]
              | "Gather the failures" >> beam.combiners.ToList()

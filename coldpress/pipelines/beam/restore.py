@@ -10,7 +10,7 @@ import apache_beam as beam
 from coldpress.defaults import DEFAULT_RESTORE_FORMAT
 from coldpress.transforms.archive import open_archive
 from coldpress.transforms.plan import join_destination, restore_failure
-from coldpress.transforms.records import restore_record, restored_names
+from coldpress.transforms.records import decoder_fields, restore_record, restored_names
 from coldpress.transforms.schema import ROW_GROUP_ROWS
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms.sources import filesystem_for
@@ -54,15 +54,17 @@ class _DecodeAndWrite(beam.DoFn):
     """(row, name) -> (id, path written); a row that does not decode leaves as (id, reason) on ``failed``."""
 
     def __init__(self, dst: str, fmt: str, storage_options: Mapping[str, Any] | None,
-                 region: Mapping[str, Any] | None = None) -> None:
+                 region: Mapping[str, Any] | None = None, decoder: Mapping[str, Any] | None = None) -> None:
         self._dst, self._fmt, self._storage_options = dst, fmt, dict(storage_options or {}) or None
         self._region = dict(region) if region else None
+        self._decoder = decoder_fields(decoder)
 
     def restore_row(self, row: Mapping[str, Any], target: str) -> str:
         """Decode ``row`` (only the region of a raster with a region) and write it at ``target``; the
         path written. The one place where a Beam worker turns an archive row into a file (the codecs
         come from the registry's cache)."""
-        return restore_record(row, target, self._fmt, self._storage_options, region=self._region)
+        return restore_record(row, target, self._fmt, self._storage_options, region=self._region,
+                              decoder=self._decoder)
 
     def process(self, item: tuple[Mapping[str, Any], str]):
         row, name = item
@@ -91,9 +93,11 @@ class RestoreImages(beam.PTransform):
     """
 
     def __init__(self, archive: str, ids: Iterable[str] | None, dst: str, *, fmt: str = DEFAULT_RESTORE_FORMAT,
-                 storage_options: Mapping[str, Any] | None = None, region: Mapping[str, Any] | None = None) -> None:
+                 storage_options: Mapping[str, Any] | None = None, region: Mapping[str, Any] | None = None,
+                 decoder: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self._region = dict(region) if region else None
+        self._decoder = decoder_fields(decoder)
         if isinstance(ids, str):
             raise TypeError("ids must be a list of ids, not a single string")
         self._archive, self._dst, self._fmt = str(archive), str(dst), fmt
@@ -108,5 +112,5 @@ class RestoreImages(beam.PTransform):
                 | "Read their rows" >> beam.ParDo(_ReadRows(self._archive, self._storage_options))
                 | "Spread the rows" >> beam.Reshuffle()
                 | "Decode and write each image" >> beam.ParDo(
-                    _DecodeAndWrite(self._dst, self._fmt, self._storage_options, self._region)
+                    _DecodeAndWrite(self._dst, self._fmt, self._storage_options, self._region, self._decoder)
                 ).with_outputs(FAILED, main=RESTORED))

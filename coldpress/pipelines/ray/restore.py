@@ -14,7 +14,13 @@ from coldpress.defaults import DEFAULT_RESTORE_FORMAT
 from coldpress.errors import ColdpressError
 from coldpress.transforms.archive import open_archive
 from coldpress.transforms.plan import join_destination, restore_failure, restore_failures_error
-from coldpress.transforms.records import decode_region_record, raster_file_bytes, restore_record, restored_names
+from coldpress.transforms.records import (
+    decode_region_record,
+    decoder_fields,
+    raster_file_bytes,
+    restore_record,
+    restored_names,
+)
 from coldpress.transforms.faults import environment_cause
 from coldpress.transforms.sources import filesystem_for
 from coldpress.pipelines.ray.cluster import (DEFAULT_BATCH_SIZE, IO_TASK_CONCURRENCY, RESTORE_READ_ROWS,
@@ -57,14 +63,15 @@ class RowRestorer:
         _threads_for(cpus)
 
     def to_file(self, row: Mapping[str, Any], target: str, fmt: str, storage_options: dict[str, Any] | None,
-                region: Mapping[str, Any] | None = None) -> str:
-        """Decode ``row`` (only ``region`` of a raster with a region) and write it at ``target``
-        (``records.restore_record``); the path written."""
-        return restore_record(row, target, fmt, storage_options, region=region)
+                region: Mapping[str, Any] | None = None, decoder: Mapping[str, Any] | None = None) -> str:
+        """Decode ``row`` (only ``region`` of a raster with a region; photos through ``decoder``, a
+        ``DecoderChoice``'s fields) and write it at ``target`` (``records.restore_record``); the path written."""
+        return restore_record(row, target, fmt, storage_options, region=region, decoder=decoder)
 
-    def to_pixels(self, row: Mapping[str, Any], region: Mapping[str, Any] | None = None) -> Any:
-        """The decoded pixels of ``row`` (only ``region`` of a raster with a region)."""
-        return decode_region_record(row, region)
+    def to_pixels(self, row: Mapping[str, Any], region: Mapping[str, Any] | None = None,
+                  decoder: Mapping[str, Any] | None = None) -> Any:
+        """The decoded pixels of ``row`` (only ``region`` of a raster with a region; through ``decoder``)."""
+        return decode_region_record(row, region, decoder)
 
     def to_file_bytes(self, row: Mapping[str, Any], fmt: str, region: Mapping[str, Any] | None = None
                       ) -> tuple[str, bytes]:
@@ -76,9 +83,11 @@ class _Decoder:
     """Restore stage: decode rows and write their files; a row that fails is reported, not raised."""
 
     def __init__(self, dst: str, fmt: str, storage_options: dict[str, Any] | None, codecs: list[str],
-                 cpus: float, region: Mapping[str, Any] | None = None) -> None:
+                 cpus: float, region: Mapping[str, Any] | None = None, decoder: Mapping[str, Any] | None = None
+                 ) -> None:
         self.restorer = RowRestorer(codecs, cpus)
         self.dst, self.fmt, self.storage_options, self.region = dst, fmt, storage_options, region
+        self.decoder = decoder
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: dict[str, list] = {"id": [], "path": [], "error": [], "fatal": []}
@@ -86,7 +95,7 @@ class _Decoder:
             path = error = fatal = None
             try:
                 path = self.restorer.to_file(row, join_destination(self.dst, row["name"]), self.fmt,
-                                             self.storage_options, region=self.region)
+                                             self.storage_options, region=self.region, decoder=self.decoder)
             except Exception as exc:  # noqa: BLE001 - classified: a bad row, or a bad destination
                 reason = restore_failure(exc)
                 if reason is None:  # the destination or the environment (a full disk, a lost GPU): stop
@@ -124,12 +133,13 @@ def restore_ray(
     cpus_per_actor: float | None = None,
     batch_size: int | None = None,
     region: Mapping[str, Any] | None = None,
+    decoder: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Decode images of ``archive`` into files under ``dst`` on Ray; return the paths written, sorted by id.
 
     Same contract as ``restore_local`` (ids or all, names from ``restored_names``, failures listed
-    in one ArchiveError after the others are written, ``region`` of each raster only), with the
-    engine options of ``encode_ray``.
+    in one ArchiveError after the others are written, ``region`` of each raster only, photos through
+    ``decoder``: a ``DecoderChoice`` or its fields), with the engine options of ``encode_ray``.
     """
     archive, dst = str(archive), str(dst)
     options = dict(storage_options or {}) or None
@@ -152,7 +162,8 @@ def restore_ray(
     ds = ds.map_batches(
         _Decoder,
         fn_constructor_kwargs={"dst": dst, "fmt": fmt, "storage_options": options, "codecs": archive_codecs(arch),
-                               "cpus": cpus, "region": dict(region) if region else None},
+                               "cpus": cpus, "region": dict(region) if region else None,
+                               "decoder": decoder_fields(decoder)},
         batch_size=batch, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
         num_cpus=cpus, num_gpus=gpus,

@@ -15,7 +15,15 @@ from coldpress.defaults import DEFAULT_RESTORE_FORMAT
 from coldpress.errors import ArchiveError, ColdpressError
 from coldpress.transforms.archive import open_archive
 from coldpress.transforms.plan import join_destination, restore_failure, restore_failures_error
-from coldpress.transforms.records import is_raster_row, restored_names, with_extension, write_file_bytes, write_image
+from coldpress.transforms.records import (
+    decoder_fields,
+    decoder_provenance,
+    is_raster_row,
+    restored_names,
+    with_extension,
+    write_file_bytes,
+    write_image,
+)
 from coldpress.transforms.sources import filesystem_for
 from coldpress.pipelines.ray.restore import RowRestorer, archive_codecs
 from coldpress.pipelines.ray.cluster import SERVICE_NAMESPACE, connect, actor_resources, _job_error
@@ -44,8 +52,8 @@ class _ServiceDecoder:
     def ready(self) -> bool:
         return True
 
-    def restore(self, ids: list[str], fmt: str | None = None, region: dict[str, Any] | None = None
-                ) -> dict[str, tuple[str, Any]]:
+    def restore(self, ids: list[str], fmt: str | None = None, region: dict[str, Any] | None = None,
+                decoder: dict[str, Any] | None = None) -> dict[str, tuple[str, Any]]:
         """id -> ("ok", pixels) | ("file", (extension, bytes)) | ("error", reason) | ("missing", reason).
 
         Rasters asked for in a file format ``fmt`` come back as that file's bytes (a COG by default);
@@ -60,7 +68,7 @@ class _ServiceDecoder:
                 if fmt is not None and is_raster_row(row):
                     out[row["id"]] = ("file", self.restorer.to_file_bytes(row, fmt, region))
                 else:
-                    out[row["id"]] = ("ok", self.restorer.to_pixels(row, region))
+                    out[row["id"]] = ("ok", self.restorer.to_pixels(row, region, decoder))
             except Exception as exc:  # noqa: BLE001
                 out[row["id"]] = ("error", restore_failure(exc) or f"{type(exc).__name__}: {exc}")
         for rid in ids:
@@ -87,13 +95,13 @@ class _ServiceRouter:
         await asyncio.gather(*(d.ready.remote() for d in self.decoders))
         return self.settings
 
-    async def restore(self, ids: list[str], fmt: str | None = None, region: dict[str, Any] | None = None
-                      ) -> dict[str, tuple[str, Any]]:
+    async def restore(self, ids: list[str], fmt: str | None = None, region: dict[str, Any] | None = None,
+                      decoder: dict[str, Any] | None = None) -> dict[str, tuple[str, Any]]:
         ids = sorted(set(ids))
         k = min(len(self.decoders), max(1, len(ids)))
         chunks = [ids[i * len(ids) // k:(i + 1) * len(ids) // k] for i in range(k)]  # contiguous: shared row groups
         start, self._next = self._next, (self._next + k) % len(self.decoders)
-        refs = [self.decoders[(start + i) % len(self.decoders)].restore.remote(c, fmt, region)
+        refs = [self.decoders[(start + i) % len(self.decoders)].restore.remote(c, fmt, region, decoder)
                 for i, c in enumerate(chunks) if c]
         out: dict[str, tuple[str, Any]] = {}
         for part in await asyncio.gather(*refs):
@@ -156,13 +164,14 @@ class RestoreService:
     def info(self) -> dict[str, Any]:
         return ray.get(self._router.ready.remote())
 
-    def _results(self, ids: Iterable[str], fmt: str | None = None, region: Mapping[str, Any] | None = None
-                 ) -> tuple[list[str], dict[str, tuple[str, Any]]]:
+    def _results(self, ids: Iterable[str], fmt: str | None = None, region: Mapping[str, Any] | None = None,
+                 decoder: Mapping[str, Any] | None = None) -> tuple[list[str], dict[str, tuple[str, Any]]]:
         if isinstance(ids, str):
             raise TypeError("ids must be a list of ids, not a single string")
         wanted = sorted(set(ids))
         region = dict(region) if region else None
-        results = ray.get(self._router.restore.remote(wanted, fmt, region)) if wanted else {}
+        decoder = decoder_fields(decoder)
+        results = ray.get(self._router.restore.remote(wanted, fmt, region, decoder)) if wanted else {}
         missing = [rid for rid in wanted if results[rid][0] == "missing"]
         if missing:
             shown = ", ".join(map(repr, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
@@ -173,23 +182,27 @@ class RestoreService:
             )
         return wanted, results
 
-    def restore_pixels(self, ids: Iterable[str], region: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    def restore_pixels(self, ids: Iterable[str], region: Mapping[str, Any] | None = None,
+                       decoder: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Decoded images by id (rasters: (H, W, bands) in their type; only ``region`` of each with a
-        region); ArchiveError for absent ids or rows that do not decode."""
-        wanted, results = self._results(ids, None, region)
+        region; photos through ``decoder``, a ``DecoderChoice`` or its fields); ArchiveError for absent
+        ids or rows that do not decode."""
+        wanted, results = self._results(ids, None, region, decoder)
         failures = [(rid, results[rid][1]) for rid in wanted if results[rid][0] == "error"]
         if failures:
             raise restore_failures_error(failures, len(wanted), len(wanted) - len(failures), self.archive, "memory")
         return {rid: results[rid][1] for rid in wanted}
 
     def restore(self, ids: Iterable[str], dst: str, fmt: str = DEFAULT_RESTORE_FORMAT,
-                storage_options: Mapping[str, Any] | None = None, region: Mapping[str, Any] | None = None
-                ) -> list[str]:
+                storage_options: Mapping[str, Any] | None = None, region: Mapping[str, Any] | None = None,
+                decoder: Mapping[str, Any] | None = None) -> list[str]:
         """Write the images of ``ids`` under ``dst``; return the paths, sorted by id. Rasters are
         written as ``records.restore_record`` writes them (a COG by default), only ``region`` of
-        each with a region ({"window": ...} or {"bbox": ..., "bbox_crs": ...})."""
+        each with a region ({"window": ...} or {"bbox": ..., "bbox_crs": ...}); photos through ``decoder``,
+        recorded in their files."""
         dst = str(dst)
-        wanted, results = self._results(ids, fmt, region)
+        wanted, results = self._results(ids, fmt, region, decoder)
+        provenance = decoder_provenance(decoder)
         names = restored_names(wanted, fmt)
         written, failures = [], []
         for rid in wanted:
@@ -203,7 +216,7 @@ class RestoreService:
                 target = with_extension(target, ext)
                 write_file_bytes(data, target, dict(storage_options or {}) or None)
             else:
-                write_image(value, target, fmt, dict(storage_options or {}) or None)
+                write_image(value, target, fmt, dict(storage_options or {}) or None, provenance)
             written.append(target)
         if failures:
             raise restore_failures_error(failures, len(wanted), len(written), self.archive, dst)
