@@ -135,3 +135,29 @@ def test_truncated_and_stalled_responses_are_retried(tmp_path, s3_server, s3_buc
         with direct.open(f"{s3_bucket}/src/{i:02d}.png", "rb") as f:
             source = np.asarray(Image.open(f))
         assert np.asarray(Image.open(tmp_path / "out" / f"{i:02d}.png")).shape == source.shape
+
+
+def test_retries_are_counted_in_the_manifest(s3_server, s3_bucket, monkeypatch):
+    """botocore's retries, as coldpress saw them (transforms/retries.py), in the manifest of the run:
+    every 503/500 the proxy answered during the run's writes is a failed attempt that was retried."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    _sources(s3_server, s3_bucket)
+    archive = f"s3://{s3_bucket}/archive"
+    with FaultyS3(s3_server, rate=0.2, seed=11, faults=("503", "500")) as proxy:
+        manifest = encode_local(f"s3://{s3_bucket}/src", archive, codec="jpeg", bpp=2.0, rows_per_shard=4,
+                                storage_options=client_options(proxy.url), progress=False, workers=1)
+    counts = manifest["storage_retries"]
+    print("proxy", dict(proxy.counts), "manifest", counts)
+    assert manifest["runs"][-1]["storage_retries"] == counts
+    injected = {k: v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503")}
+    assert counts["requests"] > 10 and 1 <= sum(injected.values()) <= proxy.injected
+    assert counts["retried"] == counts["failed_attempts"]  # each one retried, and then it succeeded
+    assert sum(counts["by_error"].values()) == counts["failed_attempts"]
+    # Anything else is a timeout of this loaded machine (1 s connect and read timeouts), also retried.
+    assert all(k.endswith("TimeoutError") for k in set(counts["by_error"]) - set(injected)), counts
+    # Without faults: requests counted, nothing retried.
+    again = encode_local(f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive2", codec="jpeg", bpp=2.0,
+                         storage_options={"client_kwargs": {"endpoint_url": s3_server}, "skip_instance_cache": True},
+                         progress=False, workers=1)
+    assert again["storage_retries"]["requests"] > 10
+    assert (again["storage_retries"]["retried"], again["storage_retries"]["failed_attempts"]) == (0, 0)

@@ -26,6 +26,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from coldpress.transforms import retries
 from coldpress.errors import ColdpressError, InputRejected
 
 #: Environment variables naming the endpoint of an S3-compatible store, first match wins.
@@ -123,7 +124,8 @@ def filesystem_for(url: str, storage_options: dict[str, Any] | None = None) -> t
     ``{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}``); for S3 URLs an endpoint from
     ``COLDPRESS_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL`` is added when the options name none.
     """
-    return fsspec.core.url_to_fs(str(url), **_with_s3_endpoint(str(url), storage_options))
+    fs, path = fsspec.core.url_to_fs(str(url), **_with_s3_endpoint(str(url), storage_options))
+    return retries.watch(fs), path  # S3: its retries are counted (transforms/retries.py)
 
 
 def _uri(fs: fsspec.AbstractFileSystem, path: str, src: str) -> str:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coldpress.errors import ArchiveError
+from coldpress.transforms import retries
 from coldpress.versions import coldpress_version
 from coldpress.transforms.archive.layout import (
     _SHARD_RE,
@@ -23,6 +24,7 @@ from coldpress.transforms.archive.layout import (
     REJECTED_NAME,
     _display,
     _exists,
+    _is_local,
     _list_dir,
     _makedirs,
     _now,
@@ -95,6 +97,7 @@ class ArchiveWriter:
         self._rejected: dict[str, Mapping[str, Any]] = {}
         self._written: list[dict[str, Any]] = []
         self.started_at = _now()
+        self._retries_before = retries.snapshot()
         self._manifest: dict[str, Any] | None = None
 
     # -- rows
@@ -245,6 +248,8 @@ class ArchiveWriter:
                 "pyarrow_version": pa.__version__,
             }
         )
+        if not _is_local(fs):  # what object storage made this process retry during the run
+            run["storage_retries"] = retries.since(self._retries_before)
         if "torch_version" not in run and "torch" in sys.modules:
             run["torch_version"] = getattr(sys.modules["torch"], "__version__", None)
         runs = [r for r in (self._previous or {}).get("runs", []) if isinstance(r, dict)]
