@@ -77,3 +77,12 @@ def test_a_single_tile_raster_keeps_version_1_without_overlap(scene):
     enc = raster.encode_raster(tif, "scene.tif", get_codec("webp"), BPP, tile_size=1024)
     pkg = raster.unpack_package(enc.package)
     assert enc.package[4] == 1 and "overlap" not in pkg.header and len(pkg.header["tiles"]) == 1
+
+
+def test_bytes_a_tile_leaves_unused_go_to_the_tiles_after_it(scene):
+    """WebP's quality steps rarely land on a tile's budget; what one tile leaves goes to the next ones, so
+    the package fills its budget (with fixed shares this scene used 94.6 % of it at 0.3 bpp)."""
+    data, tif = scene
+    budget = int(0.3 * SIZE * SIZE / 8)
+    enc = raster.encode_raster(tif, "scene.tif", get_codec("webp"), 0.3, tile_size=TILE)
+    assert 0.985 * budget <= len(enc.package) <= budget

@@ -201,16 +201,21 @@ def _encode_dataset(ds, source: str, codec, bpp: float, tile_size: int, overlap:
             recons.append(recon)
         sha.update(np.ascontiguousarray(np.concatenate(recons, axis=1)).tobytes())
 
+    spent, weight_left = 0, wsum
     for r, y in enumerate(row_ys):
         for i in rows[y]:
             tile_parts[i] = []
             if weights[i]:  # a tile with no valid pixel is not coded
                 cw = coded_window(hd, i)
                 band, _, band_valid = _read_tile(ds, cw, source)
-                coded = _code_groups(codec, band, band_valid, maps, groups, available * weights[i] / wsum,
-                                     (i, cw[2], cw[3]), source, bpp)
+                # Its share of the bytes not spent yet: what earlier tiles left unused (a codec's rate
+                # steps rarely land on its budget) goes to the tiles after them.
+                share = (available - spent) * weights[i] / weight_left
+                coded = _code_groups(codec, band, band_valid, maps, groups, share, (i, cw[2], cw[3]), source, bpp)
                 tile_parts[i] = [c[0] for c in coded]
                 params[i] = [c[1] for c in coded]
+                spent += sum(len(c[0]) for c in coded)
+                weight_left -= weights[i]
         if r:
             verify_row(row_ys[r - 1])
     verify_row(row_ys[-1])
