@@ -173,3 +173,24 @@ def test_on_a_gpu_the_noise_is_drawn_on_cpu_and_the_refine_is_close_to_the_cpu_o
     a, b = cpu.refine(img, 0.05, 11, 2), gpu.refine(img, 0.05, 11, 2)
     assert np.array_equal(b, gpu.refine(img, 0.05, 11, 2))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+def test_an_archive_restores_through_the_backbone_branch_from_the_cli(trained, tmp_path, capsys):
+    from coldpress.transforms.records import restored_provenance
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(64, 96, "RGB", seed=70)).save(src / "photo.png")
+    assert main(["encode", str(src), str(tmp_path / "archive"), "--bpp", "0.3", "--quiet"]) == 0
+    branch = trained["run"] / "tiny-branch.safetensors"
+    restore = ["restore", str(tmp_path / "archive"), "--all", "--decoder", "diffusion", "--steps", "2",
+               "--decoder-model", str(branch), "--decoder-backbone", str(trained["sd"]), "--quiet"]
+    assert main([restore[0], restore[1], str(tmp_path / "a"), *restore[2:]]) == 0
+    assert main([restore[0], restore[1], str(tmp_path / "b"), *restore[2:]]) == 0
+    a, b = (tmp_path / "a" / "photo.png").read_bytes(), (tmp_path / "b" / "photo.png").read_bytes()
+    assert a == b
+    provenance = restored_provenance(a)
+    assert provenance["decoder"] == "diffusion" and provenance["steps"] == 2 and "backbone_fingerprint" in provenance
+    assert main(["restore", str(tmp_path / "archive"), str(tmp_path / "c"), "--all", "--decoder", "diffusion",
+                 "--decoder-backbone", str(trained["sd"])]) == 1
+    assert "needs the control branch" in capsys.readouterr().err

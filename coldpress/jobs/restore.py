@@ -58,6 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     decoding.add_argument("--decoder-model", default=None, metavar="ID_OR_PATH",
                           help="diffusion decoder weights: a shipped decoder id or a .safetensors file (default: "
                           "the shipped default decoder)")
+    decoding.add_argument("--decoder-backbone", default=None, metavar="PATH",
+                          help="a local diffusers folder (unet/, vae/) of a Stable Diffusion checkpoint; "
+                          "--decoder-model is then the control branch trained on it")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
     from coldpress.jobs.cli import add_models_option
 
@@ -103,7 +106,8 @@ def decoder_choice(args: argparse.Namespace) -> dict[str, Any] | None:
     """The fields of the --decoder choice (checked), or None for the coarse decoder with no options."""
     from coldpress.codec.diffusion import DecoderChoice
 
-    choice = DecoderChoice(decoder=args.decoder, steps=args.steps, detail=args.detail, model=args.decoder_model)
+    choice = DecoderChoice(decoder=args.decoder, steps=args.steps, detail=args.detail, model=args.decoder_model,
+                           backbone=args.decoder_backbone)
     return None if choice.is_coarse else choice.to_dict()
 
 

@@ -18,22 +18,30 @@ DECODERS = ("coarse", "diffusion")
 @dataclass(frozen=True)
 class DecoderChoice:
     """Which decoder restores a bitstream: the coarse one (the default, what ``verify`` checks) or the
-    diffusion decoder with its weights (``model``: id or file; None = the shipped default), steps and detail."""
+    diffusion decoder with its weights (``model``: id or file; None = the shipped default), steps and detail.
+    With ``backbone`` (a local diffusers folder of a Stable Diffusion checkpoint), ``model`` is the control
+    branch trained on it (``coldpress train --stage diffusion --decoder-backbone``)."""
 
     decoder: str = "coarse"
     steps: int | None = None
     detail: float | None = None
     model: str | None = None
     device: str | None = None
+    backbone: str | None = None
 
     def __post_init__(self) -> None:
         from coldpress.errors import ColdpressError
 
         if self.decoder not in DECODERS:
             raise ColdpressError(f"unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}")
-        if self.decoder == "coarse" and (self.steps is not None or self.detail is not None or self.model):
-            raise ColdpressError("--steps, --detail and --decoder-model apply to the diffusion decoder; "
-                                 "add --decoder diffusion")
+        if self.decoder == "coarse" and (self.steps is not None or self.detail is not None or self.model
+                                         or self.backbone):
+            raise ColdpressError("--steps, --detail, --decoder-model and --decoder-backbone apply to the diffusion "
+                                 "decoder; add --decoder diffusion")
+        if self.backbone and not self.model:
+            raise ColdpressError("--decoder-backbone needs the control branch trained on it: add --decoder-model "
+                                 "PATH (the .safetensors that `coldpress train --stage diffusion --decoder-backbone` "
+                                 "exported)")
         if self.decoder == "diffusion":
             from coldpress.codec.diffusion.decoder import check_knobs
 
@@ -62,9 +70,9 @@ def refiner(choice: DecoderChoice, bitstream: bytes, width: int, height: int):
     """The ``refine`` callable of ``Codec.decode`` for ``choice`` (None for the coarse decoder)."""
     if choice.is_coarse:
         return None
-    from coldpress.codec.diffusion.decoder import bitstream_bpp, get_decoder, seed_of
+    from coldpress.codec.diffusion.decoder import bitstream_bpp, seed_of
 
-    decoder = get_decoder(choice.model, choice.device)
+    decoder = _decoder(choice)
     bpp, seed = bitstream_bpp(bitstream, width, height), seed_of(bitstream)
     return lambda rgb: decoder.refine(rgb, bpp, seed, choice.steps, choice.detail)
 
@@ -73,9 +81,18 @@ def provenance(choice: DecoderChoice) -> dict[str, Any]:
     """What a restored file records about the decoder that made it."""
     if choice.is_coarse:
         return {"decoder": "coarse"}
+    return _decoder(choice).describe(choice.steps, choice.detail)
+
+
+def _decoder(choice: DecoderChoice):
+    """The loaded decoder of a diffusion choice: the pixel decoder, or a control branch on a backbone."""
+    if choice.backbone:
+        from coldpress.codec.diffusion.backbone import get_backbone_decoder
+
+        return get_backbone_decoder(choice.model, choice.backbone, choice.device)
     from coldpress.codec.diffusion.decoder import get_decoder
 
-    return get_decoder(choice.model, choice.device).describe(choice.steps, choice.detail)
+    return get_decoder(choice.model, choice.device)
 
 
 __all__ = ["DECODERS", "DecoderChoice", "provenance", "refiner"]
