@@ -40,7 +40,9 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te
 
 class FaultyS3:
     def __init__(self, upstream: str, rate: float, seed: int = 0, faults: tuple[str, ...] = FAULTS,
-                 stall_s: float = STALL_S) -> None:
+                 stall_s: float = STALL_S, only: str | None = None) -> None:
+        # ``only``: a path prefix ("/bucket/src/"); other requests are always forwarded.
+        self.only = only
         self.upstream = urlsplit(upstream)
         self.rate = rate
         self.faults = faults
@@ -58,7 +60,10 @@ class FaultyS3:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._draw(self.command)
+                fault = proxy._draw(self.command) if proxy.only is None or self.path.startswith(proxy.only) else None
+                if fault is None and proxy.only is not None and not self.path.startswith(proxy.only):
+                    with proxy._lock:
+                        proxy.counts["forwarded"] += 1
                 if fault == "stall":
                     time.sleep(stall_s)
                     self.close_connection = True

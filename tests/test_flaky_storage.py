@@ -159,5 +159,26 @@ def test_retries_are_counted_in_the_manifest(s3_server, s3_bucket, monkeypatch):
     again = encode_local(f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive2", codec="jpeg", bpp=2.0,
                          storage_options={"client_kwargs": {"endpoint_url": s3_server}, "skip_instance_cache": True},
                          progress=False, workers=1)
-    assert again["storage_retries"]["requests"] > 10
-    assert (again["storage_retries"]["retried"], again["storage_retries"]["failed_attempts"]) == (0, 0)
+    quiet = again["storage_retries"]
+    assert quiet["requests"] > 10
+    # No error answers; at most a timeout of this loaded machine (each retried).
+    assert all(k.endswith(("TimeoutError", "ConnectionError")) for k in quiet["by_error"]), quiet
+    assert quiet["retried"] == quiet["failed_attempts"] <= 3, quiet
+
+
+def test_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
+    """Faults only on the sources' GETs, which the local engine's worker processes make: the manifest
+    counts exactly the faults injected (each a failed attempt, retried), gathered from the workers."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    _sources(s3_server, s3_bucket)
+    for workers in (2, 1):
+        archive = f"s3://{s3_bucket}/archive-{workers}"
+        with FaultyS3(s3_server, rate=0.3, seed=5, faults=("503", "500"), only=f"/{s3_bucket}/src/") as proxy:
+            manifest = encode_local(f"s3://{s3_bucket}/src", archive, codec="jpeg", bpp=2.0,
+                                    storage_options=client_options(proxy.url), progress=False, workers=workers)
+        counts = manifest["storage_retries"]
+        print(workers, "proxy", dict(proxy.counts), "manifest", counts)
+        assert manifest["archived"] == N and proxy.injected >= 2
+        five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
+        assert five == proxy.injected, (workers, counts, proxy.counts)
+        assert counts["retried"] == counts["failed_attempts"]

@@ -52,6 +52,7 @@ from coldpress.transforms.records import (
     restored_names,
 )
 from coldpress.transforms.faults import raise_if_environmental
+from coldpress.transforms import retries
 from coldpress.transforms.sources import filesystem_for, read_ahead
 
 ENGINE = "local"
@@ -90,10 +91,13 @@ def _init_worker(codec: str | Codec, codec_options: dict[str, Any], bpp: float,
     _WORKER.update(codec=resolve_codec(codec, **codec_options), bpp=bpp, storage_options=storage_options)
 
 
-def _encode_chunk(chunk: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
-    """Read and encode one chunk of inputs in a worker: (status, row) per input, in order."""
+def _encode_chunk(chunk: list[tuple[str, str]]) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """Read and encode one chunk of inputs in a worker: (status, row) per input, in order, and the
+    storage retries its reads took (``transforms.retries``)."""
     codec, bpp, options = _WORKER["codec"], _WORKER["bpp"], _WORKER["storage_options"]
-    return [process_input(key, uri, data, codec, bpp) for uri, key, data in read_ahead(chunk, options)]
+    before = retries.snapshot()
+    results = [process_input(key, uri, data, codec, bpp) for uri, key, data in read_ahead(chunk, options)]
+    return results, retries.since(before)
 
 
 class _WorkerPool:
@@ -117,13 +121,16 @@ class _WorkerPool:
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                          initializer=_init_worker,
                                          initargs=(spec, options, bpp, dict(storage_options or {}) or None, threads))
+        #: Storage retries of the workers' reads so far (the driver's are counted where they happen).
+        self.retries = retries.zero()
         self._pending: deque = deque(self._pool.submit(_encode_chunk, c)
                                      for c in islice(self._chunks, workers * WORKER_TASKS_AHEAD))
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             while self._pending:
-                results = self._pending.popleft().result()
+                results, seen = self._pending.popleft().result()
+                self.retries = retries.add(self.retries, seen)
                 for chunk in self._chunks:
                     self._pending.append(self._pool.submit(_encode_chunk, chunk))
                     break
@@ -205,8 +212,9 @@ def encode_local(
                     writer.add_rejected(row)
                 bar.set_postfix(archived=writer.archived, rejected=writer.rejected, refresh=False)
                 bar.update()
+        extra = {"worker_storage_retries": pool.retries} if pool is not None else {}
         manifest = writer.close(run_manifest(ENGINE, plan, the_codec, bpp, resume=resume, strict=strict,
-                                             elapsed_s=time.monotonic() - started, workers=workers))
+                                             elapsed_s=time.monotonic() - started, workers=workers, **extra))
     check_strict(manifest, plan, strict)
     return manifest
 

@@ -10,10 +10,10 @@ took). ``snapshot()`` returns the counts so far:
 - ``failed_attempts``: attempts that failed, whether retried or not (the faults seen),
 - ``by_error``: failed attempts by error code or exception class.
 
-``since(before)`` is what happened after an earlier snapshot: ``ArchiveWriter`` puts that into the
-manifest as ``storage_retries`` (the counts of the process that wrote the archive's files: with the
-local engine, every request of a one-worker run and the writes of any run; workers' reads of sources
-are counted in their own processes and not gathered yet).
+``since(before)`` is what happened after an earlier snapshot, ``add`` sums two of them:
+``ArchiveWriter`` puts into the manifest, as ``storage_retries``, the counts of the process that
+writes the archive plus the ``worker_storage_retries`` an engine gathered from its workers (the local
+engine's worker processes report theirs with each chunk; Ray and Beam workers' are not gathered yet).
 """
 
 from __future__ import annotations
@@ -97,3 +97,19 @@ def since(before: dict[str, Any]) -> dict[str, Any]:
     return {"requests": now["requests"] - before["requests"], "retried": now["retried"] - before["retried"],
             "failed_attempts": now["failed_attempts"] - before["failed_attempts"],
             "by_error": {k: v for k, v in sorted(by_error.items()) if v}}
+
+
+def zero() -> dict[str, Any]:
+    return {"requests": 0, "retried": 0, "failed_attempts": 0, "by_error": {}}
+
+
+def add(a: dict[str, Any], b: dict[str, Any] | None) -> dict[str, Any]:
+    """The sum of two ``since`` results."""
+    if not b:
+        return a
+    errors = dict(a.get("by_error", {}))
+    for k, v in (b.get("by_error") or {}).items():
+        errors[k] = errors.get(k, 0) + v
+    return {"requests": a.get("requests", 0) + b.get("requests", 0), "retried": a.get("retried", 0) + b.get("retried", 0),
+            "failed_attempts": a.get("failed_attempts", 0) + b.get("failed_attempts", 0),
+            "by_error": dict(sorted(errors.items()))}

@@ -248,8 +248,9 @@ class ArchiveWriter:
                 "pyarrow_version": pa.__version__,
             }
         )
-        if not _is_local(fs):  # what object storage made this process retry during the run
-            run["storage_retries"] = retries.since(self._retries_before)
+        workers = run.pop("worker_storage_retries", None)
+        if not _is_local(fs) or (workers or {}).get("requests"):  # what storage made this process (and workers) retry
+            run["storage_retries"] = retries.add(retries.since(self._retries_before), workers)
         if "torch_version" not in run and "torch" in sys.modules:
             run["torch_version"] = getattr(sys.modules["torch"], "__version__", None)
         runs = [r for r in (self._previous or {}).get("runs", []) if isinstance(r, dict)]
