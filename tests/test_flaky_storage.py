@@ -182,3 +182,28 @@ def test_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
         five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
         assert five == proxy.injected, (workers, counts, proxy.counts)
         assert counts["retried"] == counts["failed_attempts"]
+
+
+def test_ray_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
+    """The same on Ray: the encode actors' reads report their retries with their rows (the first row
+    of each batch), the write tasks add theirs, the driver sums them into the manifest."""
+    ray = pytest.importorskip("ray")
+    from coldpress.pipelines.ray import connect, encode_ray
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")  # before ray.init: its workers get this environment
+    _sources(s3_server, s3_bucket)
+    if ray.is_initialized():
+        ray.shutdown()
+    connect(num_cpus=2, object_store_memory=256 << 20, quiet=True)
+    try:
+        with FaultyS3(s3_server, rate=0.3, seed=5, faults=("503", "500"), only=f"/{s3_bucket}/src/") as proxy:
+            manifest = encode_ray(f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive", codec="jpeg", bpp=2.0,
+                                  storage_options=client_options(proxy.url), progress=False)
+    finally:
+        ray.shutdown()
+    counts = manifest["storage_retries"]
+    print("proxy", dict(proxy.counts), "manifest", counts)
+    assert manifest["archived"] == N and proxy.injected >= 2
+    five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
+    assert five == proxy.injected, (counts, proxy.counts)
+    assert counts["retried"] == counts["failed_attempts"]

@@ -13,7 +13,9 @@ took). ``snapshot()`` returns the counts so far:
 ``since(before)`` is what happened after an earlier snapshot, ``add`` sums two of them:
 ``ArchiveWriter`` puts into the manifest, as ``storage_retries``, the counts of the process that
 writes the archive plus the ``worker_storage_retries`` an engine gathered from its workers (the local
-engine's worker processes report theirs with each chunk; Ray and Beam workers' are not gathered yet).
+engine's worker processes report theirs with each chunk, Ray's encode actors with the first row of
+each batch and its write tasks with their results; Beam's workers' are not gathered yet: a Beam
+manifest counts only the requests of the worker that writes the rejected table and the manifest).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,7 @@ from coldpress.transforms.archive.lease import leased
 from coldpress.transforms.plan import check_strict, plan_encode, resolve_codec, run_manifest
 from coldpress.transforms.records import process_input
 from coldpress.transforms.schema import ARCHIVE_SCHEMA
+from coldpress.transforms import retries
 from coldpress.transforms.sources import filesystem_for, read_ahead
 from coldpress.pipelines.ray.cluster import (ENGINE, DEFAULT_BATCH_SIZE, REFERENCE_BATCH_SIZE, MAX_BLOCK_ROWS,
     BLOCKS_PER_ACTOR, IO_TASK_CONCURRENCY, IO_TASK_CPUS, connect, actor_resources, _configure, _job_error,
@@ -28,7 +30,9 @@ from coldpress.pipelines.ray.cluster import (ENGINE, DEFAULT_BATCH_SIZE, REFEREN
 
 # The encode stage's output: archive columns (nullable: rejected rows fill only id, source_uri and
 # created_at) plus the rejection reason, null for archived rows.
-_ENCODED_SCHEMA = pa.schema([f.with_nullable(True) for f in ARCHIVE_SCHEMA] + [pa.field("reason", pa.string())])
+# The first row of each batch also carries, as JSON, the storage retries its reads took (transforms.retries).
+_ENCODED_SCHEMA = pa.schema([f.with_nullable(True) for f in ARCHIVE_SCHEMA] + [pa.field("reason", pa.string()),
+                                                                            pa.field("storage_retries", pa.string())])
 
 
 def encode_block_rows(inputs: int, actors: int, batch: int) -> int:
@@ -59,9 +63,13 @@ class _Encoder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         sources = list(zip(batch.column("uri").to_pylist(), batch.column("key").to_pylist()))
         rows = []
+        before = retries.snapshot()
         for uri, key, data in read_ahead(sources, self.storage_options):
             status, row = process_input(key, uri, data, self.codec, self.bpp)  # an unreadable source: rejected
             rows.append(row)  # a rejected row carries its reason; an archived one has none
+        seen = retries.since(before)
+        if rows and (seen["requests"] or seen["failed_attempts"]):
+            rows[0] = {**rows[0], "storage_retries": json.dumps(seen)}
         return pa.Table.from_pylist(rows, schema=_ENCODED_SCHEMA)
 
 
@@ -87,10 +95,14 @@ class _ShardSink(Datasink):
     def write(self, blocks: Iterable[Any], ctx: Any) -> dict[str, Any]:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
-        result: dict[str, Any] = {"task": ctx.task_idx, "shard": None, "ids": [], "rejected": []}
+        before = retries.snapshot()
+        result: dict[str, Any] = {"task": ctx.task_idx, "shard": None, "ids": [], "rejected": [],
+                                  "retries": retries.zero()}
         if not tables:
             return result
         table = pa.concat_tables(tables, promote_options="permissive")
+        for text in table.column("storage_retries").drop_null().to_pylist():  # the encode actors' reads
+            result["retries"] = retries.add(result["retries"], json.loads(text))
         archived_mask = table.column("reason").is_null()
         rejected = table.filter(pc.invert(archived_mask))
         archived = table.filter(archived_mask).select(ARCHIVE_SCHEMA.names)
@@ -101,6 +113,7 @@ class _ShardSink(Datasink):
             result["ids"] = archived.column("id").to_pylist()
         if rejected.num_rows:
             result["rejected"] = rejected.select(["id", "source_uri", "reason", "created_at"]).to_pylist()
+        result["retries"] = retries.add(result["retries"], retries.since(before))  # and this task's writes
         return result
 
     def on_write_complete(self, write_result: Any) -> None:
@@ -184,7 +197,9 @@ def encode_ray(
         for result in sorted(sink.results, key=lambda r: r["task"]):
             if result["shard"] is not None:
                 writer.adopt_shard(result["shard"], result["ids"])
+        gathered = retries.zero()
         for result in sink.results:
+            gathered = retries.add(gathered, result.get("retries"))
             for row in result["rejected"]:
                 writer.add_rejected(row)
         manifest = writer.close(run_manifest(
@@ -192,6 +207,7 @@ def encode_ray(
             runner=f"Ray Data {ray.__version__}", ray_actors=actors, ray_gpus_per_actor=gpus,
             ray_cpus_per_actor=cpus, ray_batch_size=batch,
             ray_block_rows=encode_block_rows(len(plan.todo), actors, batch) if plan.todo else 0,
+            worker_storage_retries=gathered,
         ))
     check_strict(manifest, plan, strict)
     return manifest
