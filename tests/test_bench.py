@@ -194,11 +194,31 @@ def test_speed_times_a_reference_codec_encode(tmp_path):
     rows = _csv(tmp_path / "speed.csv")
     assert report["device"] == "cpu" and "torch threads" in report["device_name"]
     assert "params" not in report and "no networks" in report["network_note"]
-    assert [r["stage"] for r in rows] == ["encode"]
-    row = rows[0]
-    assert row["status"] == "ok" and int(row["repeat"]) == 2
-    assert float(row["fps"]) == pytest.approx(1 / float(row["mean_s"]))
-    assert float(row["min_s"]) <= float(row["median_s"]) <= 2 * float(row["mean_s"])
+    assert [r["stage"] for r in rows] == ["encode", "encode+verify", "decode"]
+    for row in rows:
+        assert row["status"] == "ok" and int(row["repeat"]) == 2
+        assert float(row["fps"]) == pytest.approx(1 / float(row["mean_s"]))
+        assert float(row["mp_s"]) == pytest.approx(256 * 128 / 1e6 / float(row["mean_s"]))
+        assert float(row["min_s"]) <= float(row["median_s"]) <= 2 * float(row["mean_s"])
+    encode, both, decode = (float(r["mean_s"]) for r in rows)
+    assert both == pytest.approx(encode + decode)
+
+
+def test_speed_times_every_size_given(tmp_path, capsys):
+    argv = ["bench", "speed", "--codec", "jpeg", "--sizes", "96x64", "kodak", "--threads", "1", "--repeat", "1",
+            "--warmup", "0", "--bpp", "2", "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "speed.json").read_text())
+    rows = _csv(tmp_path / "speed.csv")
+    assert [(s["width"], s["height"]) for s in report["sizes"]] == [(96, 64), (768, 512)]
+    assert report["torch_threads"] == 1
+    assert [(int(r["width"]), r["stage"]) for r in rows] == [
+        (w, stage) for w in (96, 768) for stage in ("encode", "encode+verify", "decode")]
+    assert float(rows[-1]["megapixels"]) == pytest.approx(768 * 512 / 1e6)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "speed", "--sizes", "big", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not default_model_available(),
@@ -212,9 +232,10 @@ def test_speed_of_the_learned_encoder(tmp_path):
     report = json.loads((tmp_path / "speed.json").read_text())
     rows = _csv(tmp_path / "speed.csv")
     assert [(r["stage"], int(r["batch"])) for r in rows] == [
-        ("g_a", 1), ("g_a+h_a", 1), ("g_a", 2), ("g_a+h_a", 2), ("encode", 1)]
+        ("g_a", 1), ("g_a+h_a", 1), ("g_a", 2), ("g_a+h_a", 2), ("encode", 1), ("encode+verify", 1), ("decode", 1)]
     assert all(float(r["fps"]) > 0 for r in rows if r["status"] == "ok")
     assert rows[-1]["status"] in ("ok", "unreachable")
+    assert "latent codings" in rows[-3]["note"] or rows[-3]["status"] == "unreachable"
 
     # Parameters and FLOPs against an independent count over the same modules.
     from coldpress.codec import get_codec

@@ -11,11 +11,15 @@ from the decoded anchors, also in fixed point).
 Payload: varint(len(z)) z y for hyperprior-only models; varint(len(z)) z varint(len(y_anchors))
 y_anchors y_others for checkerboard models (the model id in the container says which).
 
-Rate control: for each candidate scale (largest first), a bisection on ``q`` finds the highest knob
-whose real bitstream fits the byte budget; sizes are always measured on real bitstreams. With
-``scale_search`` (the default), when the knob lands low, the next smaller scale is fitted too and kept
-when its reconstruction is clearly better (ASSR-EIC's point: at the lowest rates a downscaled image coded with more bits
-per pixel often wins); this costs about two more fits and two preview decodes per image.
+Rate control: for each candidate scale (largest first), the highest knob ``q`` whose real bitstream
+fits the byte budget, found by predicting the knob from the codings so far (log size is close to linear
+in the knob) and verifying it on real bitstreams (``_fit_latent``: about 3 to 5 codings where a
+bisection takes 7 or 8); sizes are always measured on real bitstreams. With
+``scale_search`` (the default), when the knob lands low, the next smaller scale is fitted too (its first
+coding at the knob predicted from the larger scale's) and kept when its reconstruction is clearly better
+(ASSR-EIC's point: at the lowest rates a downscaled image coded with more bits per pixel often wins).
+At ``effort`` 1 and 2 the chosen scale's latent is then refined for rate plus distortion (``refine.py``)
+and the knob searched again on the refined latent; the bitstream format is the same.
 
 Decoding runs the synthesis in the model's recorded precision (float64 for v1 and v2, float32 for
 newer models: about 7x faster on CPU, the same pixels across processes and thread counts), tiled on
@@ -39,6 +43,7 @@ from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
 from coldpress.codec.models import LoadedModel, load_model
 from coldpress.codec.networks import anchor_mask
+from coldpress.codec.refine import EFFORTS, REFINE_MAX_PIXELS, Refiner, check_effort
 from coldpress.codec.registry import register
 from coldpress.errors import BitstreamError, RateUnreachableError
 
@@ -52,6 +57,9 @@ SCALE_SEARCH_MARGIN_DB = 0.02
 #: ... and it is tried only when the larger scale's knob is this low (in 1/16ths): higher knobs never
 #: lost to a smaller scale on Kodak, so the search would only cost time there.
 SCALE_SEARCH_MAX_Q16 = 2 * Q_STEPS
+#: Prior slope of log(payload size) against the knob (in 1/16ths), for the first prediction of the knob
+#: search: about 0.025 on Kodak and BSDS500 images with cp-extreme-s16-v2 (x7.7 over the 80 knobs).
+LOG_SIZE_SLOPE = 0.025
 
 
 def _scaled_size(w: int, h: int, eighths: int) -> tuple[int, int]:
@@ -90,9 +98,11 @@ class LearnedCodec(Codec):
     name = "learned"
 
     def __init__(self, model: str | None = None, device: str | None = None, tile: int = TILE,
-                 scale_search: bool = True):
+                 scale_search: bool = True, effort: int = 0):
         """``model``: a shipped model id or a weights file; ``tile``: the encoder's analysis tile
-        (pixels; decoding always uses the model's recorded tiling); ``scale_search``: see the module."""
+        (pixels; decoding always uses the model's recorded tiling); ``scale_search``: see the module;
+        ``effort``: 0 (fast), 1 or 2 (encoder-side latent refinement, ``refine.py``; same format)."""
+        self.effort = check_effort(effort)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.loaded: LoadedModel = load_model(model, self.device)
         # What rebuilds this codec in another process: a model file by its absolute path, a shipped one by id.
@@ -102,6 +112,8 @@ class LearnedCodec(Codec):
             self._options["tile"] = tile
         if not scale_search:
             self._options["scale_search"] = False
+        if effort:
+            self._options["effort"] = effort
         self.model_id = self.loaded.model_id
         self.weights_hash = bytes.fromhex(self.loaded.sha256[:16])
         self.device_class = self.device.type
@@ -134,16 +146,23 @@ class LearnedCodec(Codec):
         h, w = x.shape[-2:]
         return F.pad(x, (0, (-w) % stride, 0, (-h) % stride), mode="replicate")
 
-    @torch.no_grad()
-    def analysis(self, rgb: np.ndarray, eighths: int) -> torch.Tensor:
-        """Unscaled latent y (before gains) of an RGB image downscaled to eighths/8."""
+    def _analysis_input(self, rgb: np.ndarray, eighths: int) -> torch.Tensor:
+        """The padded image tensor the encoder sees at eighths/8 of the size (on the codec's device)."""
         h, w = rgb.shape[:2]
         if eighths != 8:
             sw, sh = _scaled_size(w, h, eighths)
             rgb = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.Resampling.LANCZOS))
-        x = self._padded(self._to_tensor(rgb)).to(self.device)
+        return self._padded(self._to_tensor(rgb)).to(self.device)
+
+    @torch.no_grad()
+    def _analysis_of(self, x: torch.Tensor) -> torch.Tensor:
         s = self.net.cfg.latent_stride
         return _tiled(self.net.g_a, x, 1 / s, self.tile, HALO, s)
+
+    @torch.no_grad()
+    def analysis(self, rgb: np.ndarray, eighths: int) -> torch.Tensor:
+        """Unscaled latent y (before gains) of an RGB image downscaled to eighths/8."""
+        return self._analysis_of(self._analysis_input(rgb, eighths))
 
     @torch.no_grad()
     def _hyper(self, y: torch.Tensor, q16: int):
@@ -232,50 +251,87 @@ class LearnedCodec(Codec):
     def _params_probe(self) -> dict[str, Any]:
         return {"q": 80, "s": 8}
 
-    def _fit(self, rgb: np.ndarray, eighths: int, budget: int) -> tuple[bytes | None, int]:
-        """(payload at the highest knob that fits ``budget`` at this scale, or None; smallest payload size).
+    def _fit(self, rgb: np.ndarray, eighths: int, budget: int, start: int = 0) -> tuple[bytes | None, int]:
+        """(payload at the highest knob that fits ``budget`` at this scale, or None; smallest payload size);
+        ``start``: the knob coded first (a prediction)."""
+        return self._fit_latent(self.analysis(rgb, eighths), budget, start)
 
-        The knob is found by an interpolation search on real bitstreams: the log of the size is close
-        to linear in the knob, so each next knob is interpolated (in log size) between the highest knob
-        known to fit and the lowest known not to, with a midpoint after any interpolation that did not
-        halve that bracket. Sizes grow with the knob, so this ends at the knob a bisection finds, in
-        fewer codings (each a full entropy coding of the latent; measured in results/README.md).
+    def _fit_latent(self, y: torch.Tensor, budget: int, start: int = 0) -> tuple[bytes | None, int]:
+        """(payload of latent ``y`` at the highest knob that fits ``budget``, or None; that knob, or the
+        smallest payload size when none fits).
+
+        Predicted, then verified on real bitstreams: the log of the size is close to linear in the knob,
+        so after the first coding (at ``start``) the knob where the size meets the budget is predicted
+        with the prior slope ``LOG_SIZE_SLOPE``, then by the secant through the two nearest codings on
+        either side of the budget (or the two on one side); the probe is the prediction rounded down,
+        kept strictly inside the bracket (so a prediction at the highest fitting knob verifies the knob
+        above it). After two probes in a row that did not halve the bracket, a midpoint: never more
+        than about twice a bisection's codings. Ends at the knob a bisection finds (highest knob that
+        fits with the next one over) in 3 codings on most images (results/search/README.md).
         """
         q_max = (self.net.cfg.rate_points - 1) * Q_STEPS
-        y = self.analysis(rgb, eighths)
-        payload = self._code_latent(y, 0)
-        self.codings += 1
-        if len(payload) > budget:
-            return None, len(payload)  # even the lowest knob is too big at this scale
-        fits, fit_size, fit_payload = 0, len(payload), payload
-        over, over_size = q_max + 1, None  # q_max + 1: beyond the knob's range, treated as too big
-        bisect_next = True  # the first probe is the midpoint: there is no upper size to interpolate to yet
-        while over - fits > 1:
-            width = over - fits
-            if bisect_next or over_size is None:
-                knob = (fits + over) // 2
-            else:
-                t = (math.log(budget) - math.log(fit_size)) / max(1e-12, math.log(over_size) - math.log(fit_size))
-                knob = min(max(fits + int(round(t * width)), fits + 1), over - 1)
+        start = min(max(0, start), q_max)
+        fits, fit_payload = -1, None  # -1: nothing known to fit yet
+        over = q_max + 1  # beyond the knob's range, treated as too big
+        sizes: dict[int, int] = {}
+        knob, slow = start, 0
+        while True:
             candidate = self._code_latent(y, knob)
             self.codings += 1
+            sizes[knob] = len(candidate)
+            width = over - fits
             if len(candidate) <= budget:
-                fits, fit_size, fit_payload = knob, len(candidate), candidate
+                fits, fit_payload = knob, candidate
             else:
-                over, over_size = knob, len(candidate)
-            # Safeguard: an interpolation that did not halve the bracket is followed by a midpoint, so
-            # the search never takes more than twice a bisection's codings.
-            bisect_next = not bisect_next and (over - fits) * 2 > width
+                over = knob
+            if over - fits <= 1:
+                break
+            slow = slow + 1 if (over - fits) * 2 > width else 0
+            if slow >= 2:
+                knob, slow = (fits + over) // 2, 0
+                continue
+            knob = min(max(math.floor(self._predict_knob(sizes, fits, over, budget)), fits + 1), over - 1)
+        if fit_payload is None:
+            return None, sizes[0]
         return fit_payload, fits
 
+    @staticmethod
+    def _predict_knob(sizes: dict[int, int], fits: int, over: int, budget: int) -> float:
+        """The (real-valued) knob where the log size reaches log(budget), from the codings so far."""
+        target = math.log(budget)
+        if fits in sizes and over in sizes:
+            a, b = fits, over
+        else:
+            side = sorted(sizes, reverse=fits in sizes)  # the nearest codings on the known side
+            a, b = (side[0], side[1]) if len(side) > 1 and abs(side[0] - side[1]) >= 4 else (side[0], None)
+        la = math.log(sizes[a])
+        if b is None:
+            return a + (target - la) / LOG_SIZE_SLOPE
+        slope = (math.log(sizes[b]) - la) / (b - a)
+        if not slope > 1e-6:
+            slope = LOG_SIZE_SLOPE
+        return a + (target - la) / slope
+
     def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
-        """Rate control: the largest scale whose lowest knob fits, bisection on the knob; with
+        """Rate control (``_search``), then, at ``effort`` 1 or 2, refinement of the chosen scale's latent."""
+        payload, params = self._search(rgb, max_payload_bytes)
+        plan = EFFORTS[self.effort]
+        if plan is None:
+            return payload, params
+        return self._refined(rgb, max_payload_bytes, payload, params, plan)
+
+    def _search(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
+        """The largest scale whose lowest knob fits, the highest knob that fits there; with
         ``scale_search``, when that knob is low, the next smaller scale is tried too and kept when it
         reconstructs better."""
         fits: list[tuple[bytes, dict[str, Any]]] = []
         lowest = None
         for eighths in SCALES_EIGHTHS:
-            payload, q16 = self._fit(rgb, eighths, max_payload_bytes)
+            start = 0
+            if fits:  # the same bytes on (e/8)^2 of the pixels: the knob rises by about log(area ratio) / slope
+                q_prev, e_prev = fits[-1][1]["q"], fits[-1][1]["s"]
+                start = q_prev + int(2 * math.log(e_prev / eighths) / LOG_SIZE_SLOPE)
+            payload, q16 = self._fit(rgb, eighths, max_payload_bytes, start)
             if payload is None:
                 lowest = q16 if lowest is None else min(lowest, q16)
                 continue
@@ -292,13 +348,40 @@ class LearnedCodec(Codec):
             return fits[0]
         # Compare the reconstructions (float32 preview decoder) at full size; the smaller scale must win
         # clearly (SCALE_SEARCH_MARGIN_DB) so that a near-tie never depends on float rounding.
-        h, w = rgb.shape[:2]
-        ref = rgb.astype(np.float64)
-        mse = [float(np.mean((self._reconstruct(p, prm, w, h, preview=True).astype(np.float64) - ref) ** 2))
-               for p, prm in fits]
+        mse = [self._preview_mse(rgb, p, prm) for p, prm in fits]
         if 10 * math.log10(mse[0] / max(mse[1], 1e-12)) > SCALE_SEARCH_MARGIN_DB:
             return fits[1]
         return fits[0]
+
+    def _preview_mse(self, rgb: np.ndarray, payload: bytes, params: dict[str, Any]) -> float:
+        h, w = rgb.shape[:2]
+        recon = self._reconstruct(payload, params, w, h, preview=True).astype(np.float64)
+        return float(np.mean((recon - rgb.astype(np.float64)) ** 2))
+
+    def _refined(self, rgb: np.ndarray, budget: int, payload: bytes, params: dict[str, Any], plan) -> tuple[bytes, dict[str, Any]]:
+        """Refine the latent at the chosen scale and knob (``refine.py``), search the knob again on the
+        refined latent (it codes smaller), ``plan.rounds`` times; keep whichever candidate, the
+        unrefined one included, reconstructs best (float32 preview), every one within the budget."""
+        eighths, q16 = int(params["s"]), int(params["q"])
+        h, w = rgb.shape[:2]
+        sw, sh = _scaled_size(w, h, eighths)
+        if sw * sh > REFINE_MAX_PIXELS:
+            return payload, params  # the untiled refinement would need too much memory: effort 0's result
+        x = self._analysis_input(rgb, eighths)
+        y = self._analysis_of(x)
+        refiner = Refiner(self)
+        candidates = [(payload, params)]
+        for _ in range(plan.rounds):
+            with torch.enable_grad():
+                y = refiner.refine(x, y, q16, sw, sh, plan)
+            p, q = self._fit_latent(y, budget, start=q16)
+            if p is None:
+                break
+            candidates.append((p, {"q": q, "s": eighths}))
+            q16 = q
+        mse = [self._preview_mse(rgb, p, prm) for p, prm in candidates]
+        best = min(range(len(candidates)), key=lambda i: (mse[i], i))
+        return candidates[best]
 
     @torch.no_grad()
     def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:

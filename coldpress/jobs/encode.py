@@ -29,6 +29,18 @@ def _bpp(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bits per pixel; pass e.g. 0.05") from None
 
 
+def _effort(text: str) -> int:
+    from coldpress.codec.refine import EFFORTS
+
+    try:
+        effort = int(text)
+    except ValueError:
+        effort = None
+    if effort not in EFFORTS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an effort level; pass one of {', '.join(map(str, EFFORTS))}")
+    return effort
+
+
 def dataset_src(args: argparse.Namespace) -> str:
     """SRC with --image-column/--id-column added to a parquet: source (an error for other SRCs)."""
     from coldpress.errors import ColdpressError
@@ -87,6 +99,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "uses the model's own tiling")
     learned.add_argument("--no-scale-search", dest="scale_search", action="store_false", default=None,
                          help="do not try a smaller scale at the lowest rates (faster encode)")
+    learned.add_argument("--effort", type=_effort, default=None, metavar="N",
+                         help="encoder effort: 0 fast (default); 1 and 2 refine each image's latent for rate and "
+                         "distortion with the networks frozen (same bitstream format, every decoder restores it; "
+                         "much slower encode, see results/rd-effort)")
     p.add_argument("--engine", choices=sorted(ENGINES), default="local", help="engine that runs the job (default: local)")
     add_beam_option(p)
     add_engine_options(p)
@@ -105,7 +121,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 #: Learned-codec options of the command line: argparse dest -> codec option.
-CODEC_OPTIONS = {"model": "model", "device": "device", "tile": "tile", "scale_search": "scale_search"}
+CODEC_OPTIONS = {"model": "model", "device": "device", "tile": "tile", "scale_search": "scale_search",
+                 "effort": "effort"}
 
 
 def codec_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,6 +130,8 @@ def codec_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from coldpress.errors import ColdpressError
 
     given = {opt: getattr(args, dest) for dest, opt in CODEC_OPTIONS.items() if getattr(args, dest, None) is not None}
+    if given.get("effort") == 0:
+        del given["effort"]  # the default: the codec is built (and its workers rebuilt) exactly as without it
     if not given:
         return {}
     if args.codec != "learned":

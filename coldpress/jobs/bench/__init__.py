@@ -25,13 +25,14 @@ rows are flagged (``complete`` false), drawn as hollow markers, and left out of 
 curves, which use only targets every image reached. Each codec is warmed up with one untimed
 encode and decode before its timings.
 
-``coldpress bench speed`` measures encoder frames per second at 1920x1080 (or --width/--height) on
-one device: the learned codec's analysis networks alone (g_a, then g_a with gains and the
-hyper-analysis h_a; batch 1 and batched; no grad; warm-up; synchronised on GPU), and the whole
-``codec.encode`` call (entropy coding and rate search included) at batch 1. It reports the
-encoder's parameters and GFLOPs per frame (torch.utils.flop_counter: convolutions, GDN's included,
-one multiply-add = 2 FLOPs),
-and writes speed.json and speed.csv to --out (default results/speed).
+``coldpress bench speed`` measures frames and megapixels per second at 1920x1080 (or --width/--height,
+or several --sizes such as ``kodak 1mp 4mp``) on one device: the learned codec's analysis networks
+alone (g_a, then g_a with gains and the hyper-analysis h_a; batch 1 and batched; no grad; warm-up;
+synchronised on GPU), the whole ``codec.encode`` call (entropy coding and rate search included), encode
+plus the verify-on-write decode, and ``codec.decode``, at batch 1 (the codec API codes one image per
+call). It reports the encoder's parameters and GFLOPs per frame (torch.utils.flop_counter:
+convolutions, GDN's included, one multiply-add = 2 FLOPs), the load average before and after, and
+writes speed.json and speed.csv to --out (default results/speed).
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        "have no networks, only their encode call is timed)")
     speed.add_argument("--width", type=int, default=1920, help="frame width (default: 1920)")
     speed.add_argument("--height", type=int, default=1080, help="frame height (default: 1080)")
+    from coldpress.jobs.bench.speed import NAMED_SIZES, parse_size
+
+    speed.add_argument("--sizes", type=parse_size, nargs="+", default=None, metavar="SIZE",
+                       help="frame sizes to time one after the other, WIDTHxHEIGHT or a name ("
+                       + ", ".join(f"{k} = {w}x{h}" for k, (w, h) in NAMED_SIZES.items())
+                       + "); replaces --width/--height")
+    speed.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch threads (default: torch's own choice, one per core)")
     speed.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8], metavar="N",
                        help="batch sizes for the network timings (default: 1 4 8)")
     speed.add_argument("--repeat", type=int, default=5, metavar="N", help="timed runs per measurement (default: 5)")
@@ -126,6 +135,10 @@ def _learned_options(parser: argparse.ArgumentParser) -> None:
                        "(default: the bundled model)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="device of the learned codec (default: auto, CUDA when available)")
+    group.add_argument("--effort", type=int, default=0, metavar="N",
+                       help="encoder effort of the learned codec: 0 fast (default), 1 or 2 latent refinement; a "
+                       "codec named learned:effort=N (in --codecs) sets it for that entry, so one run can "
+                       "compare efforts")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,11 +40,16 @@ def _load_codec(name: str, args: argparse.Namespace):
     from coldpress.codec import get_codec
     from coldpress.errors import ColdpressError
 
-    if name != "learned":
+    base, _, spec = name.partition(":")
+    if base != "learned":
+        if spec:
+            raise ColdpressError(f"codec {name!r}: only the learned codec takes options after ':' "
+                                 "(learned:effort=2); name the codec alone")
         try:
             return get_codec(name), None
         except ValueError as exc:  # an unknown name: a usage error, said before any work
             raise ColdpressError(str(exc)) from None
+    effort = _learned_spec(name, spec, getattr(args, "effort", 0))
     from coldpress.codec.models import default_model_available
 
     if args.model is None and not default_model_available():
@@ -53,9 +58,26 @@ def _load_codec(name: str, args: argparse.Namespace):
             "pass --model PATH.safetensors to benchmark an exported model"
         )
     try:
-        return get_codec("learned", model=args.model, device=_resolve_device(args.device)), None
+        options = {"effort": effort} if effort else {}
+        return get_codec("learned", model=args.model, device=_resolve_device(args.device), **options), None
     except ColdpressError as exc:
         return None, str(exc)
+
+
+def _learned_spec(name: str, spec: str, effort: int) -> int:
+    """The effort of a learned codec entry: ``effort`` (--effort), or N from ``learned:effort=N``."""
+    from coldpress.codec.refine import EFFORTS
+    from coldpress.errors import ColdpressError
+
+    if spec:
+        key, _, value = spec.partition("=")
+        if key != "effort" or not value.strip().isdigit():
+            raise ColdpressError(f"codec {name!r} is not understood; write learned:effort=N with N one of "
+                                 f"{', '.join(map(str, EFFORTS))}")
+        effort = int(value)
+    if effort not in EFFORTS:
+        raise ColdpressError(f"effort {effort} of codec {name!r} is not a level; use one of {', '.join(map(str, EFFORTS))}")
+    return effort
 
 
 def _list_images(folder: Path) -> list[Path]:

@@ -1,0 +1,134 @@
+"""Encoder-side latent refinement (``effort``) and the predicted knob search of the learned codec."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coldpress.codec import decode_bitstream, get_codec
+from coldpress.codec.models import default_model_available
+from coldpress.codec.refine import EFFORTS, RefinePlan, Refiner, check_effort
+from coldpress.errors import ColdpressError
+from synthetic_images import natural_image, psnr
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "kodak"
+
+pytestmark = pytest.mark.skipif(
+    not default_model_available(), reason="no learned model is bundled (coldpress/codec/weights/MODELS.json)"
+)
+
+
+@pytest.fixture(scope="module")
+def small() -> np.ndarray:
+    """A 128x192 crop of kodim23 when ../shared/data is present, else a synthetic image."""
+    path = KODAK / "kodim23.png"
+    if path.exists():
+        from PIL import Image
+
+        return np.asarray(Image.open(path).convert("RGB"))[192:320, 256:448].copy()
+    return natural_image(128, 192, "RGB", seed=5)
+
+
+def _objective(codec, img: np.ndarray, y: torch.Tensor, q16: int) -> tuple[float, float]:
+    """(real bits per pixel + lambda * 255^2 * MSE of the real decode, MSE) of latent y at knob q16."""
+    h, w = img.shape[:2]
+    payload = codec._code_latent(y, q16)
+    recon = codec._reconstruct(payload, {"q": q16, "s": 8}, w, h).astype(np.float64)
+    mse = float(np.mean((recon - img) ** 2)) / 255**2
+    lam = float(codec.net.lambda_for(torch.tensor([q16 / 16]))[0])
+    return 8 * len(payload) / (w * h) + lam * 255**2 * mse, mse
+
+
+@pytest.mark.parametrize("plan", [EFFORTS[1], EFFORTS[2], RefinePlan(12, 0.01, "sga", 1)],
+                         ids=["effort1", "effort2", "sga"])
+def test_refinement_lowers_rate_plus_lambda_distortion(small, plan):
+    """Measured on the real bitstream and the real (float64) decode, not on the refinement's surrogate."""
+    codec = get_codec("learned", device="cpu")
+    h, w = small.shape[:2]
+    x = codec._analysis_input(small, 8)
+    y0 = codec._analysis_of(x)
+    q16 = 32
+    with torch.enable_grad():
+        y1 = Refiner(codec).refine(x, y0, q16, w, h, plan)
+    before, _ = _objective(codec, small, y0, q16)
+    after, _ = _objective(codec, small, y1, q16)
+    assert after < before * 0.99, (before, after)
+
+
+def test_refined_bitstreams_meet_the_target_and_decode_with_the_plain_decoder(small):
+    fast = get_codec("learned", device="cpu")
+    slow = get_codec("learned", device="cpu", effort=1)
+    for bpp in (0.05, 0.1):
+        plain, refined = fast.encode(small, bpp), slow.encode(small, bpp)
+        assert refined.achieved_bpp <= bpp
+        # The format is unchanged: the effort-0 codec and decode_bitstream decode it alike.
+        pixels = fast.decode(refined.bitstream)
+        assert np.array_equal(pixels, decode_bitstream(refined.bitstream, device="cpu"))
+        # The encoder keeps the better of the unrefined and refined candidates (float32 preview).
+        assert psnr(small, pixels) >= psnr(small, fast.decode(plain.bitstream)) - 0.05
+
+
+_ENCODE_IN_CHILD = r"""
+import hashlib, sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from coldpress.codec import get_codec
+img = np.load(sys.argv[2])
+print(hashlib.sha256(get_codec("learned", device="cpu", effort=2).encode(img, 0.1).bitstream).hexdigest())
+"""
+
+
+def test_refined_encoding_is_identical_across_processes_and_thread_counts(small, tmp_path):
+    img = np.ascontiguousarray(small[:96, :128])
+    here = hashlib.sha256(get_codec("learned", device="cpu", effort=2).encode(img, 0.1).bitstream).hexdigest()
+    np.save(tmp_path / "img.npy", img)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, "-c", _ENCODE_IN_CHILD, str(threads), str(tmp_path / "img.npy")],
+                             capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == here, f"effort-2 encode with {threads} threads differs"
+
+
+def test_effort_is_an_option_workers_rebuild_with():
+    codec = get_codec("learned", device="cpu", effort=2)
+    assert codec.options()["effort"] == 2
+    assert get_codec("learned", **codec.options()) is codec
+    assert "effort" not in get_codec("learned", device="cpu").options()
+    with pytest.raises(ValueError, match="effort must be one of 0, 1, 2"):
+        check_effort(3)
+    with pytest.raises(ValueError, match="effort must be one of"):
+        get_codec("learned", device="cpu", effort="2")
+
+
+def test_knob_search_ends_at_the_highest_knob_that_fits(small):
+    """The predicted search stops only on a bracket: its knob fits and the next one does not."""
+    codec = get_codec("learned", device="cpu")
+    y = codec.analysis(small, 8)
+    q_max = (codec.net.cfg.rate_points - 1) * 16
+    for budget in (int(0.05 * small.size / 3 / 8), int(0.12 * small.size / 3 / 8)):
+        for start in (0, 40):
+            payload, knob = codec._fit_latent(y, budget, start=start)
+            assert payload is not None and len(payload) <= budget
+            assert payload == codec._code_latent(y, knob)
+            assert knob == q_max or len(codec._code_latent(y, knob + 1)) > budget, (budget, start, knob)
+    payload, smallest = codec._fit_latent(y, 10)
+    assert payload is None and smallest == len(codec._code_latent(y, 0))
+
+
+def test_cli_refuses_unknown_efforts(tmp_path, capsys):
+    from coldpress.jobs.bench.common import _learned_spec
+    from coldpress.jobs.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["encode", str(tmp_path), str(tmp_path / "a"), "--bpp", "0.05", "--effort", "5"])
+    assert exc.value.code == 2
+    assert "not an effort level; pass one of 0, 1, 2" in capsys.readouterr().err
+    assert _learned_spec("learned:effort=2", "effort=2", 0) == 2
+    with pytest.raises(ColdpressError, match="write learned:effort=N"):
+        _learned_spec("learned:fast", "fast", 0)
