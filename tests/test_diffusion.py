@@ -265,3 +265,62 @@ def test_ray_beam_and_the_warm_service_restore_through_the_diffusion_decoder_lik
         assert {p.name: p.read_bytes() for p in (tmp_path / engine).iterdir()} == expected, engine
     assert (tmp_path / "service" / "photo.png").read_bytes() == expected["photo.png"]
     assert np.array_equal(pixels, np.asarray(Image.open(io.BytesIO(expected["photo.png"]))))
+
+
+def test_bench_rd_scores_the_decoders_with_realism_measures_and_draws_the_crops(tmp_path):
+    import csv
+
+    from coldpress.codec.models import default_model_available
+
+    if not default_model_available():
+        pytest.skip("no learned model bundled")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(natural_image(200, 208, "RGB", seed=60 + i)).save(folder / f"im{i}.png")
+    dec = decoder_file(tmp_path)
+    out = tmp_path / "rd"
+    assert main(["bench", "rd", str(folder), "--codecs", "learned", "avif-half", "--bpp", "0.03", "0.1",
+                 "--decoders", "coarse", "diffusion:1:1", "diffusion:2:1", "--decoder-model", str(dec),
+                 "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    codecs = {r["codec"] for r in rows}
+    assert codecs == {"learned", "learned+diffusion-s1-d1", "learned+diffusion-s2-d1", "avif-half"}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(r["niqe"] and r["swd_x1e3"] and r["hf_energy_ratio"] for r in ok)
+    by = {(r["codec"], r["image"], r["target_bpp"]): r for r in ok}
+    for (codec, image, target), r in by.items():
+        if codec.startswith("learned+"):  # the same bitstream as the coarse row, decoded otherwise
+            coarse = by[("learned", image, target)]
+            assert r["achieved_bpp"] == coarse["achieved_bpp"] and r["psnr"] != coarse["psnr"]
+            assert float(r["decode_s"]) > float(coarse["decode_s"])
+    report = json.loads((out / "summary.json").read_text())
+    assert report["diffusion_decoder"]["decoder_id"] == "test-decoder" and report["realism"]["niqe_originals"] > 0
+    columns = report["crops"]["columns"]  # avif-half only where it reached 0.03 bpp on every crop image
+    assert report["crops"]["written"] and columns[0] == "original" and columns[-2:] == ["coarse", "diffusion s2-d1"]
+    assert Image.open(out / "crops.png").size[0] > 4 * 160
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert all(s["mean_niqe"] for s in summary if s["complete"] == "True")
+    # Without a diffusion decoder the diffusion rows are skipped with the reason, the coarse ones kept.
+    assert main(["bench", "rd", str(folder), "--codecs", "learned", "--bpp", "0.1", "--limit", "1", "--no-realism",
+                 "--decoders", "coarse", "diffusion:2:1", "--decoder-model", str(tmp_path / "absent.safetensors"),
+                 "--crops", "0", "--out", str(tmp_path / "rd2"), "--quiet"]) == 0
+    report = json.loads((tmp_path / "rd2" / "summary.json").read_text())
+    assert "unknown diffusion decoder" in report["skipped_decoders"]["diffusion:2:1"]
+    assert {r["codec"] for r in csv.DictReader(open(tmp_path / "rd2" / "per_image.csv"))} == {"learned"}
+
+
+def test_bench_speed_times_the_diffusion_decoder_per_step_count(tmp_path):
+    from coldpress.codec.models import default_model_available
+
+    if not default_model_available():
+        pytest.skip("no learned model bundled")
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", "--codec", "learned", "--device", "cpu", "--width", "96", "--height", "64",
+                 "--batch", "1", "--repeat", "1", "--warmup", "0", "--bpp", "0.3", "--decoder-steps", "1", "2",
+                 "--decoder-model", str(decoder_file(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    rows = {r["stage"]: r for r in json.loads((out / "speed.json").read_text())["rows"]}
+    for steps in (1, 2):
+        row = rows[f"decode-diffusion-s{steps}"]
+        assert row["status"] == "ok" and row["median_s"] > rows["decode"]["median_s"] * 0.5
+        assert "x the coarse decode" in row["note"] and "float64 UNet" in row["note"]

@@ -20,6 +20,7 @@ from coldpress.transforms.records import pixels_sha256
 
 GOLDEN = Path(__file__).parent / "golden"
 INDEX = json.loads((GOLDEN / "golden.json").read_text())["files"]
+DECODER_INDEX = json.loads((GOLDEN / "golden.json").read_text()).get("decoders", {})
 
 
 def test_every_shipped_model_has_golden_bitstreams():
@@ -41,3 +42,24 @@ def test_golden_bitstream_decodes_to_its_recorded_pixels(name):
     assert pixels_sha256(pixels) == entry["pixels_sha256"], (
         f"{name} ({entry['model_id']}) no longer decodes to the pixels recorded when it was made with "
         f"{entry['made_with']}: a dependency or the decoder changed what archived bitstreams decode to")
+
+
+def test_every_shipped_diffusion_decoder_is_pinned():
+    from coldpress.codec.diffusion.weights import decoders
+
+    pinned = {entry["decoder_id"] for entry in DECODER_INDEX.values()}
+    missing = sorted(set(decoders()) - pinned)
+    assert not missing, f"shipped diffusion decoders without golden restores: {missing}; run python tools/make_golden.py"
+
+
+@pytest.mark.parametrize("key", sorted(DECODER_INDEX))
+def test_golden_bitstreams_restore_through_each_shipped_diffusion_decoder_to_the_recorded_pixels(key):
+    entry = DECODER_INDEX[key]
+    data = (GOLDEN / entry["bitstream"]).read_bytes()
+    choice = {"decoder": "diffusion", "model": entry["decoder_id"], "detail": entry["detail"], "device": "cpu",
+              **({"steps": entry["steps"]} if entry["steps"] else {})}
+    pixels = decode_bitstream(data, decoder=choice, device="cpu")
+    assert list(pixels.shape) == entry["shape"]
+    assert pixels_sha256(pixels) == entry["pixels_sha256"], (
+        f"{key}: the diffusion decoder no longer restores this bitstream to the pixels recorded with "
+        f"{entry['made_with']}: a dependency (diffusers, torch) or the decoder changed")

@@ -7,8 +7,12 @@ a change of tiling, of the fixed-point hyper path or of the synthesis) fails CI.
 from a fixed seed (no data is copied into the repository). One image is wider than the decode tile
 (1024 px), so the model's recorded tiling is pinned too.
 
-    python tools/make_golden.py            # adds the models that have no golden files yet
+    python tools/make_golden.py            # adds the models (and diffusion decoders) that have none yet
     python tools/make_golden.py --model ID # (re)writes one model's files: only for a new model
+
+Shipped diffusion decoders are pinned the same way: the pixel sha256 of their restore (default steps,
+and 1 step at detail 1.5) of the golden photo and wide bitstreams of the default codec model, in
+``golden.json``'s ``decoders`` section (the wide one pins the decoder's UNet tiling).
 """
 
 from __future__ import annotations
@@ -72,7 +76,39 @@ def main() -> None:
             }
             print(f"{fname}: {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp")
     index["files"] = dict(sorted(index["files"].items()))
+    _pin_decoders(index)
     index_path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+#: (golden image name, steps (None: the decoder's default), detail) restored by each shipped decoder.
+DECODER_CASES = (("photo", None, 1.0), ("photo", 1, 1.5), ("wide", None, 1.0))
+
+
+def _pin_decoders(index: dict) -> None:
+    from coldpress.codec.diffusion.weights import decoders
+    from coldpress.codec.models import registry
+    from coldpress.codec.registry import decode_bitstream
+    from coldpress.transforms.records import pixels_sha256
+
+    pinned = index.setdefault("decoders", {})
+    codec_model = registry()["default"]
+    for decoder_id in decoders():
+        if any(entry["decoder_id"] == decoder_id for entry in pinned.values()):
+            continue
+        for name, steps, detail in DECODER_CASES:
+            fname = f"{codec_model}-{name}.cprs"
+            data = (GOLDEN / fname).read_bytes()
+            choice = {"decoder": "diffusion", "model": decoder_id, "detail": detail, "device": "cpu",
+                      **({"steps": steps} if steps else {})}
+            pixels = decode_bitstream(data, decoder=choice, device="cpu")
+            key = f"{decoder_id}:{fname}:steps={steps or 'default'}:detail={detail:g}"
+            pinned[key] = {"decoder_id": decoder_id, "bitstream": fname, "steps": steps, "detail": detail,
+                           "pixels_sha256": pixels_sha256(pixels), "shape": list(pixels.shape),
+                           "made_with": {"coldpress": metadata.version("coldpress"),
+                                         "diffusers": metadata.version("diffusers"),
+                                         "torch": metadata.version("torch")}}
+            print(f"{key}: {pinned[key]['pixels_sha256'][:16]}")
+    index["decoders"] = dict(sorted(pinned.items()))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from __future__ import annotations
 import argparse
 
 from coldpress.jobs.bench.pipeline import _pipeline_engines, run_pipeline
-from coldpress.jobs.bench.rd import DEFAULT_BPPS, DEFAULT_RD_CODECS, run_rd
+from coldpress.jobs.bench.rd import DEFAULT_BPPS, DEFAULT_RD_CODECS, add_decoder_options, run_rd
 from coldpress.jobs.bench.speed import run_speed
 
 
@@ -66,6 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     rd.add_argument("--out", default="results/rd", metavar="DIR", help="output folder (default: results/rd)")
     rd.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted by name)")
     _learned_options(rd)
+    add_decoder_options(rd)
     rd.set_defaults(_bench=run_rd)
 
     speed = benches.add_parser(
@@ -94,6 +95,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="image to time on, resized to the frame size (default: the sample "
                        "coldpress/samples/photos/coffee.jpg)")
     speed.add_argument("--out", default="results/speed", metavar="DIR", help="output folder (default: results/speed)")
+    from coldpress.jobs.bench.speed_decoders import add_options as add_decoder_speed_options
+
+    add_decoder_speed_options(speed)
     _learned_options(speed)
     speed.set_defaults(_bench=run_speed)
 

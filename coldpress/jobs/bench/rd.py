@@ -14,15 +14,21 @@ DEFAULT_RD_CODECS = ("learned", "avif-best", "avif", "avif-half", "avif-quarter"
 DEFAULT_BPPS = (0.03, 0.05, 0.1)
 #: Codecs the Bjøntegaard deltas are computed against, the primary one first.
 BD_ANCHORS = ("avif-half", "avif-best", "avif")
+#: Decoders of the learned codec's bitstreams the bench scores by default: the coarse decode and the
+#: diffusion decoder at 1, 2 and 4 steps (detail 1) and at 2 steps with detail 0.5 and 1.5.
+DEFAULT_DECODERS = ("coarse", "diffusion:1:1", "diffusion:2:1", "diffusion:4:1", "diffusion:2:0.5", "diffusion:2:1.5")
+REALISM_FIELDS = ("niqe", "swd_x1e3", "hf_energy_ratio")
 PER_IMAGE_FIELDS = (
     "image", "width", "height", "codec", "target_bpp", "status", "achieved_bpp", "psnr", "ms_ssim",
-    "encode_s", "decode_s", "encode_mp_s", "decode_mp_s", "needed_bpp", "params", "message",
+    *REALISM_FIELDS, "encode_s", "decode_s", "encode_mp_s", "decode_mp_s", "needed_bpp", "params", "message",
 )
 SUMMARY_FIELDS = (
     "codec", "target_bpp", "images", "reached", "unreachable", "errors", "complete", "mean_achieved_bpp",
-    "mean_psnr", "mean_ms_ssim", "mean_encode_s", "mean_decode_s", "encode_mp_s", "decode_mp_s",
-    "max_needed_bpp",
+    "mean_psnr", "mean_ms_ssim", *(f"mean_{k}" for k in REALISM_FIELDS), "mean_encode_s", "mean_decode_s",
+    "encode_mp_s", "decode_mp_s", "max_needed_bpp",
 )
+#: Side of the square crops of the crops figure, in pixels.
+CROP_SIDE = 160
 BD_FIELDS = (
     "anchor", "codec", "bd_rate_psnr_pct", "bd_psnr_db", "bd_rate_ms_ssim_pct", "bd_ms_ssim_db", "points", "notes",
 )
@@ -36,12 +42,102 @@ def _needed_bpp(message: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def measure(codec, codec_name: str, image_name: str, image, bpp: float) -> dict[str, Any]:
-    """Encode, decode and score one image at one target; never raises for a codec failure."""
+def decoder_variants(specs: list[str], model: str | None) -> list[tuple[str, Any]]:
+    """(name suffix, DecoderChoice or None for the coarse decode) of --decoders entries: ``coarse`` or
+    ``diffusion:STEPS:DETAIL``."""
+    from coldpress.codec.diffusion import DecoderChoice
+    from coldpress.errors import ColdpressError
+
+    out = []
+    for spec in dict.fromkeys(specs):
+        if spec == "coarse":
+            out.append(("", None))
+            continue
+        parts = spec.split(":")
+        try:
+            if parts[0] != "diffusion" or len(parts) != 3:
+                raise ValueError
+            steps, detail = int(parts[1]), float(parts[2])
+        except ValueError:
+            raise ColdpressError(f"--decoders entry {spec!r} is neither 'coarse' nor 'diffusion:STEPS:DETAIL' "
+                                 "(e.g. diffusion:2:1)") from None
+        out.append((f"+diffusion-s{steps}-d{detail:g}", DecoderChoice("diffusion", steps, detail, model)))
+    return out
+
+
+def _score(row: dict[str, Any], image, decoded, realism: bool) -> None:
+    from coldpress import metrics
+
+    if decoded.shape != image.shape:
+        row.update(status="error", message=f"decoded shape {decoded.shape} differs from the source's {image.shape}")
+        return
+    row.update(status="ok", psnr=metrics.psnr(image, decoded))
+    try:
+        row["ms_ssim"] = metrics.ms_ssim(image, decoded)
+    except ValueError as exc:  # images under 11 px a side: PSNR only
+        row["message"] = f"no MS-SSIM: {exc}"
+    if realism:
+        from coldpress import realism as measures
+
+        try:
+            row.update(measures.realism_row(image, decoded))
+        except ValueError as exc:  # NIQE needs 192 px a side
+            row["message"] = (row["message"] + "; " if row["message"] else "") + f"no realism measures: {exc}"
+
+
+def measure_decoders(codec, codec_name: str, image_name: str, image, bpp: float, variants: list[tuple[str, Any]],
+                     realism: bool = False, keep: dict | None = None) -> list[dict[str, Any]]:
+    """``measure`` for the learned codec's bitstream decoded by each of ``variants`` (the coarse decode,
+    then the diffusion decoder refining that same coarse decode: its decode time is the coarse decode's
+    plus the refinement's); one row per variant, named codec_name + suffix. ``keep``: a dict that
+    receives each variant's decoded image by row name."""
     import json
     import time
 
-    from coldpress import metrics
+    from coldpress.codec.diffusion import refiner
+
+    first = measure(codec, codec_name, image_name, image, bpp, realism=realism, keep=keep, _coarse=True)
+    rows = []
+    coarse = first.pop("_decoded", None)
+    coarse_s = first.get("decode_s")
+    h, w = image.shape[:2]
+    for suffix, choice in variants:
+        if choice is None:
+            rows.append({**first, "codec": codec_name})
+            continue
+        row = {**first, "codec": codec_name + suffix, "psnr": None, "ms_ssim": None,
+               **{k: None for k in REALISM_FIELDS}, "message": ""}
+        if first["status"] != "ok":
+            rows.append(row)
+            continue
+        start = time.perf_counter()
+        try:
+            decoded = refiner(choice, first["_bitstream"], w, h)(coarse)
+        except Exception as exc:  # noqa: BLE001 - a failing decoder must not stop the benchmark
+            row.update(status="error", message=f"diffusion decode failed: {type(exc).__name__}: {exc}")
+            rows.append(row)
+            continue
+        decode_s = coarse_s + time.perf_counter() - start
+        row.update(decode_s=decode_s, decode_mp_s=w * h / 1e6 / decode_s,
+                   params=json.dumps({**json.loads(first["params"]), "decoder": choice.to_dict()}, sort_keys=True))
+        _score(row, image, decoded, realism)
+        if keep is not None:
+            keep[row["codec"]] = decoded
+        rows.append(row)
+    for row in rows:
+        row.pop("_bitstream", None)
+    return rows
+
+
+def measure(codec, codec_name: str, image_name: str, image, bpp: float, realism: bool = False,
+            keep: dict | None = None, _coarse: bool = False) -> dict[str, Any]:
+    """Encode, decode and score one image at one target; never raises for a codec failure.
+
+    ``realism`` adds NIQE, the sliced Wasserstein distance and the high-frequency energy ratio;
+    ``keep`` (a dict) receives the decoded image under ``codec_name``."""
+    import json
+    import time
+
     from coldpress.errors import RateUnreachableError
 
     h, w = image.shape[:2]
@@ -69,14 +165,11 @@ def measure(codec, codec_name: str, image_name: str, image, bpp: float) -> dict[
         return row
     decode_s = time.perf_counter() - start
     row.update(decode_s=decode_s, decode_mp_s=megapixels / decode_s)
-    if decoded.shape != image.shape:
-        row.update(status="error", message=f"decoded shape {decoded.shape} differs from the source's {image.shape}")
-        return row
-    row.update(status="ok", psnr=metrics.psnr(image, decoded))
-    try:
-        row["ms_ssim"] = metrics.ms_ssim(image, decoded)
-    except ValueError as exc:  # images under 11 px a side: PSNR only
-        row["message"] = f"no MS-SSIM: {exc}"
+    _score(row, image, decoded, realism)
+    if keep is not None and row["status"] == "ok":
+        keep[codec_name] = decoded
+    if _coarse:
+        row.update(_decoded=decoded, _bitstream=result.bitstream)
     return row
 
 
@@ -103,6 +196,8 @@ def summarize(rows: list[dict[str, Any]], codecs: list[str], targets: list[float
                 "mean_achieved_bpp": _mean([r["achieved_bpp"] for r in ok]),
                 "mean_psnr": _mean([r["psnr"] for r in ok]),
                 "mean_ms_ssim": _mean([r["ms_ssim"] for r in ok]) if all(r["ms_ssim"] is not None for r in ok) else None,
+                **{f"mean_{k}": (_mean([r.get(k) for r in ok]) if ok and all(r.get(k) is not None for r in ok)
+                                 else None) for k in REALISM_FIELDS},
                 "mean_encode_s": _mean([r["encode_s"] for r in ok]),
                 "mean_decode_s": _mean([r["decode_s"] for r in ok]),
                 "encode_mp_s": mp / enc_s if ok and enc_s > 0 else None,
@@ -285,18 +380,30 @@ def run_rd(args: argparse.Namespace) -> int:
     if not codecs:
         raise ColdpressError("no codec left to benchmark; see the notes above")
 
+    variants, skipped_decoders = _usable_variants(args, codecs)
+    realism = not getattr(args, "no_realism", False)
+    crops_target = _crops_target(args, targets)
+    crop_images = {name for name, _ in images[: max(0, getattr(args, "crops", 3))]} if crops_target else set()
+    kept: dict[str, dict[str, Any]] = {name: {} for name in crop_images}
     rows = []
     with tqdm(total=len(codecs) * len(images) * len(targets), desc="bench rd", unit="code",
               disable=not show_progress(args)) as bar:
         for name, codec in codecs.items():
             bar.set_postfix_str(name)
+            learned = getattr(codec, "name", "") == "learned" and variants
             measure(codec, name, images[0][0], images[0][1], targets[-1])  # warm-up, untimed
+            if learned:  # the diffusion decoder's load and first run, untimed too
+                measure_decoders(codec, name, images[0][0], images[0][1][:64, :64], targets[-1] * 4, variants[:2])
             for image_name, image in images:
                 for target in targets:
-                    rows.append(measure(codec, name, image_name, image, target))
+                    keep = kept[image_name] if image_name in kept and target == crops_target else None
+                    if learned:
+                        rows.extend(measure_decoders(codec, name, image_name, image, target, variants, realism, keep))
+                    else:
+                        rows.append(measure(codec, name, image_name, image, target, realism, keep))
                     bar.update()
 
-    names = list(codecs)
+    names = list(dict.fromkeys(r["codec"] for r in rows))
     summary = summarize(rows, names, targets)
     bd = bjontegaard(summary, names)
     out = Path(args.out)
@@ -313,6 +420,17 @@ def run_rd(args: argparse.Namespace) -> int:
         "targets_bpp": targets,
         "codecs": {name: codec.describe() for name, codec in codecs.items()},
         "skipped_codecs": skipped_codecs,
+        "decoders": [{"suffix": suffix or "(coarse)", **(choice.to_dict() if choice else {"decoder": "coarse"})}
+                     for suffix, choice in variants] if variants else ["coarse"],
+        "diffusion_decoder": _decoder_identity(variants),
+        "skipped_decoders": skipped_decoders,
+        "realism": None if not realism else {
+            "measures": "coldpress.realism: niqe (of the reconstruction; coldpress's own pristine model, not "
+                        "comparable with published NIQE), swd_x1e3 (sliced Wasserstein distance of Laplacian-"
+                        "pyramid patches, original vs reconstruction, per image, x1e3), hf_energy_ratio (finest "
+                        "Laplacian band energy, reconstruction over original; 1 is ideal, blur < 1)",
+            "niqe_originals": _mean([_niqe(image) for _, image in images]),
+        },
         "cpu": _device_name(None),
         "learned_device": _device_name(codecs["learned"].device) if "learned" in codecs else None,
         "summary": summary,
@@ -320,15 +438,20 @@ def run_rd(args: argparse.Namespace) -> int:
     }
     (out / "summary.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     plot_rd(out / "rd.png", summary, names, f"{len(images)} images from {folder.name}")
+    if crops_target and kept:
+        report["crops"] = _write_crops(out / "crops.png", images, kept, crops_target, names)
+        (out / "summary.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
 
-    say(args, f"{'codec':<14}{'target':>8}{'reached':>9}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'enc MP/s':>10}{'dec MP/s':>10}")
+    say(args, f"{'codec':<30}{'target':>8}{'reached':>9}{'bpp':>9}{'PSNR':>8}{'MS-SSIM':>9}{'NIQE':>7}{'SWD':>7}"
+              f"{'HF':>6}{'enc MP/s':>10}{'dec MP/s':>10}")
     def fmt(v, spec):
         width = int(spec.split(".")[0])
         return format(v, spec) if v is not None else "-".rjust(width)
 
     for s in summary:
-        say(args, f"{s['codec']:<14}{s['target_bpp']:>8g}{s['reached']:>5}/{s['images']:<3}"
+        say(args, f"{s['codec']:<30}{s['target_bpp']:>8g}{s['reached']:>5}/{s['images']:<3}"
              f"{fmt(s['mean_achieved_bpp'], '9.4f')}{fmt(s['mean_psnr'], '8.2f')}{fmt(s['mean_ms_ssim'], '9.4f')}"
+             f"{fmt(s['mean_niqe'], '7.2f')}{fmt(s['mean_swd_x1e3'], '7.1f')}{fmt(s['mean_hf_energy_ratio'], '6.2f')}"
              f"{fmt(s['encode_mp_s'], '10.2f')}{fmt(s['decode_mp_s'], '10.2f')}")
     for row in _bd_rows(bd):
         if row["codec"]:
@@ -342,5 +465,123 @@ def run_rd(args: argparse.Namespace) -> int:
                  f"BD-PSNR {db(row.get('bd_psnr_db'))}, BD-rate (MS-SSIM) {pct(row.get('bd_rate_ms_ssim_pct'))}")
         else:
             say(args, f"vs {row['anchor']}: {row['notes']}")
-    say(args, f"wrote {out}/per_image.csv, summary.csv, summary.json, bd.csv, rd.png")
+    say(args, f"wrote {out}/per_image.csv, summary.csv, summary.json, bd.csv, rd.png"
+              + (", crops.png" if (out / "crops.png").exists() and crops_target else ""))
     return 0
+
+
+def _usable_variants(args: argparse.Namespace, codecs: dict) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+    """The --decoders variants to score, and those skipped with the reason (no diffusion decoder)."""
+    specs = list(getattr(args, "decoders", None) or DEFAULT_DECODERS)
+    if not any(getattr(c, "name", "") == "learned" for c in codecs.values()):
+        return [], {}
+    variants = decoder_variants(specs, getattr(args, "decoder_model", None))
+    diffusion = [v for v in variants if v[1] is not None]
+    if not diffusion:
+        return variants, {}
+    from coldpress.codec.diffusion.decoder import get_decoder
+    from coldpress.errors import ColdpressError
+
+    try:
+        get_decoder(diffusion[0][1].model)
+    except ColdpressError as exc:
+        _note(f"diffusion decoders skipped: {exc}")
+        return [v for v in variants if v[1] is None], {s: str(exc) for s in specs if s != "coarse"}
+    return variants, {}
+
+
+def _decoder_identity(variants: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    diffusion = [c for _, c in variants if c is not None]
+    if not diffusion:
+        return None
+    from coldpress.codec.diffusion import provenance
+
+    ident = provenance(diffusion[0])
+    return {"decoder_id": ident["decoder_id"], "decoder_sha256": ident["decoder_sha256"]}
+
+
+def _niqe(image) -> float | None:
+    from coldpress import realism
+
+    try:
+        return realism.niqe(image)
+    except ValueError:
+        return None
+
+
+def _crops_target(args: argparse.Namespace, targets: list[float]) -> float | None:
+    """The target whose reconstructions the crops figure shows: --crops-bpp, else 0.03 when benchmarked."""
+    wanted = getattr(args, "crops_bpp", None)
+    if getattr(args, "crops", 3) <= 0:
+        return None
+    if wanted is None:
+        wanted = 0.03
+    return min(targets, key=lambda t: abs(t - wanted)) if any(abs(t - wanted) < 1e-9 for t in targets) else None
+
+
+def _crop_box(image, side: int) -> tuple[int, int]:
+    """(top, left) of the ``side`` px square with the most fine detail (gradient energy) of ``image``."""
+    import numpy as np
+
+    gray = image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1, :]
+    h, w = energy.shape
+    side = min(side, h, w)
+    integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    step = max(1, side // 4)
+    best, where = -1.0, (0, 0)
+    for top in range(0, h - side + 1, step):
+        for left in range(0, w - side + 1, step):
+            total = (integral[top + side, left + side] - integral[top, left + side]
+                     - integral[top + side, left] + integral[top, left])
+            if total > best:
+                best, where = total, (top, left)
+    return where
+
+
+def _write_crops(path: Path, images, kept: dict[str, dict[str, Any]], target: float, names: list[str]) -> dict:
+    """crops.png: the same crop of each kept image, original then avif-half, the coarse decode and the
+    diffusion decoder at its default settings (when benchmarked), at ``target`` bpp."""
+    from coldpress import realism
+
+    diffusion = next((n for n in names if n.startswith("learned+diffusion-s2-d1")), None) or next(
+        (n for n in names if "+diffusion" in n), None)
+    columns = [c for c in ("avif-half", "learned", diffusion) if c and all(c in k for k in kept.values())]
+    labels = {"learned": "coarse", diffusion: "diffusion " + diffusion.split("+diffusion-")[-1] if diffusion else ""}
+    by_name = dict(images)
+    grid: dict[str, list] = {"original": []}
+    for c in columns:
+        grid[labels.get(c, c)] = []
+    boxes = {}
+    for image_name, decoded in kept.items():
+        if not all(c in decoded for c in columns):
+            continue
+        image = by_name[image_name]
+        top, left = _crop_box(image, CROP_SIDE)
+        boxes[image_name] = [top, left, CROP_SIDE]
+        grid["original"].append(image[top:top + CROP_SIDE, left:left + CROP_SIDE])
+        for c in columns:
+            grid[labels.get(c, c)].append(decoded[c][top:top + CROP_SIDE, left:left + CROP_SIDE])
+    if not grid["original"]:
+        return {"written": False, "reason": "no image had every column decoded"}
+    realism.crops_figure(path, grid, zoom=2, title=f"the same crops at {target:g} bpp: " + ", ".join(grid))
+    return {"written": True, "file": path.name, "target_bpp": target, "columns": list(grid),
+            "crops": boxes, "crop": "the most detailed square of each image (top, left, side in pixels)"}
+
+
+def add_decoder_options(parser: argparse.ArgumentParser) -> None:
+    """``bench rd``'s options for decoders, realism measures and the crops figure."""
+    group = parser.add_argument_group("decoders and realism")
+    group.add_argument("--decoders", nargs="+", default=None, metavar="SPEC",
+                       help="decoders of the learned codec's bitstreams to score: coarse, diffusion:STEPS:DETAIL "
+                       f"(default: {' '.join(DEFAULT_DECODERS)}; the diffusion ones only when a diffusion decoder "
+                       "is shipped or given with --decoder-model)")
+    group.add_argument("--decoder-model", default=None, metavar="ID_OR_PATH",
+                       help="diffusion decoder weights (default: the shipped default decoder)")
+    group.add_argument("--no-realism", action="store_true",
+                       help="skip NIQE, the sliced Wasserstein distance and the high-frequency energy ratio")
+    group.add_argument("--crops", type=int, default=3, metavar="N",
+                       help="crops.png: the same crop of the first N images, original, avif-half, coarse and "
+                       "diffusion side by side (default: 3; 0: none)")
+    group.add_argument("--crops-bpp", type=float, default=None, metavar="BPP",
+                       help="target of the crops figure (default: 0.03, when benchmarked)")

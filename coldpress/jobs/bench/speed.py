@@ -235,4 +235,7 @@ def _time_size(codec, args: argparse.Namespace, device: str, sync, is_cuda: bool
     rows.append(_speed_row(args.codec, device, "encode+verify", 1, w, h, both, note=note + "; then codec.decode"))
     rows.append(_speed_row(args.codec, device, "decode", 1, w, h, decode_times,
                            note=f"codec.decode of the {len(result.bitstream)}-byte bitstream"))
+    from coldpress.jobs.bench.speed_decoders import diffusion_rows
+
+    rows += diffusion_rows(args, codec, result.bitstream, rows[-1], device, sync, w, h)
     return rows, info
