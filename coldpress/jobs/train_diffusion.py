@@ -80,7 +80,7 @@ class PairMaker:
 
 def to_unit(batch: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def augment(x: torch.Tensor, c: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +118,7 @@ def ms_ssim_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     a, b = x_hat.add(1).div(2).clamp(0, 1), x.add(1).div(2)
     if min(x.shape[-2:]) > 160:
-        return 1 - ms_ssim(a, b, data_range=1.0, size_average=True)
+        return 1 - ms_ssim(a, b, data_range=1.0, size_average=True)  # 5 scales need more than 160 px
     from pytorch_msssim import ssim
 
     return 1 - ssim(a, b, data_range=1.0, size_average=True)
@@ -341,7 +341,8 @@ def export(args: argparse.Namespace, state: dict, evaluation: dict | None) -> Pa
             f"{h['batch']} of {h['crop']}px crops, fixed-step chain {h['fixed_steps']}, codec {h['codec_models']}"
             for h in state["history"]),
         "- losses: diffusion (x0 MSE at a random relay timestep) + the fixed-step decode chain's MSE, "
-        f"{W_MS_SSIM} x (1 - MS-SSIM) and {W_FREQ} x Laplacian band-energy L1; no downloaded networks",
+        f"{W_MS_SSIM} x (1 - MS-SSIM; SSIM on crops of 160 px or less) and {W_FREQ} x Laplacian band-energy L1; "
+        "no downloaded networks",
         f"- training folders: {', '.join(state['history'][-1]['data']) if state['history'] else '-'}",
         f"- evaluation: `{json.dumps(evaluation['means']) if evaluation else 'not run'}` "
         f"({evaluation['folder'] if evaluation else ''})",

@@ -113,7 +113,7 @@ class DiffusionDecoder:
             raise ColdpressError("the diffusion decoder needs TF32 off on CUDA (TF32 convolutions would round "
                                  "differently from every CPU): set torch.backends.cudnn.allow_tf32 = False")
         h, w = coarse.shape[:2]
-        c = torch.from_numpy(np.ascontiguousarray(coarse)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        c = torch.from_numpy(np.array(coarse)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
         c = pad_to(c, self.cfg.align).to(self.device)
         generator = torch.Generator("cpu").manual_seed(int(seed))
         x0 = sample(self._denoise_tiled(c, bpp), self.cfg, c, steps, detail, generator)
