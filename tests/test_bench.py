@@ -162,7 +162,7 @@ def test_rd_bjontegaard_uses_complete_points_only(rd_run):
 
 def test_rd_without_a_learned_model_skips_it_with_a_note(folder, tmp_path, capsys):
     argv = ["bench", "rd", str(folder), "--codecs", "learned", "jpeg", "--bpp", "2", "--limit", "1",
-            "--device", "cpu", "--out", str(tmp_path)]
+            "--device", "cpu", "--decoders", "coarse", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     report = json.loads((tmp_path / "summary.json").read_text())
     rows = _csv(tmp_path / "per_image.csv")
