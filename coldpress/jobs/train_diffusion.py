@@ -92,6 +92,17 @@ def augment(x: torch.Tensor, c: torch.Tensor, rng: random.Random) -> tuple[torch
     return x, c
 
 
+def next_batch(pool: list, maker: PairMaker, rng: random.Random, batch: int, refresh: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace ``refresh`` random pairs of ``pool`` with new ones, then draw ``batch`` pairs, augmented:
+    (originals, coarse decodes) in [-1, 1] and their bits per pixel."""
+    for _ in range(refresh):
+        pool[rng.randrange(len(pool))] = maker.make()
+    picks = [pool[rng.randrange(len(pool))] for _ in range(batch)]
+    x0, c = augment(to_unit(np.stack([p[0] for p in picks])), to_unit(np.stack([p[1] for p in picks])), rng)
+    return x0, c, torch.tensor([p[2] for p in picks])
+
+
 # -- losses -------------------------------------------------------------------------------------
 def _blur(x: torch.Tensor) -> torch.Tensor:
     k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device, dtype=x.dtype) / 16
@@ -239,12 +250,7 @@ def train(args: argparse.Namespace) -> dict:
         while state["step"] - start_step < args.steps:
             if args.max_minutes and time.time() - started > args.max_minutes * 60:
                 break
-            for _ in range(args.refresh):
-                pool[rng.randrange(len(pool))] = maker.make()
-            picks = [pool[rng.randrange(len(pool))] for _ in range(args.batch)]
-            x0, c = to_unit(np.stack([p[0] for p in picks])), to_unit(np.stack([p[1] for p in picks]))
-            x0, c = augment(x0, c, rng)
-            bpp = torch.tensor([p[2] for p in picks])
+            x0, c, bpp = next_batch(pool, maker, rng, args.batch, args.refresh)
             out = losses(net, scheduler, cfg, x0.to(device), c.to(device), bpp.to(device), args.fixed_steps,
                          seed=rng.randrange(1 << 62))
             optimizer.zero_grad(set_to_none=True)

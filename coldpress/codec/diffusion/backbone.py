@@ -484,7 +484,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def train_branch(args: argparse.Namespace) -> dict:
     """Train (or resume) the control branch in ``args.run`` with the backbone and the codec frozen."""
     from coldpress.jobs.train import DEFAULT_DATA
-    from coldpress.jobs.train_diffusion import PairMaker, _load_images, augment, to_unit
+    from coldpress.jobs.train_diffusion import PairMaker, _load_images, next_batch
 
     _check_args(args)
     if args.threads:
@@ -539,11 +539,7 @@ def train_branch(args: argparse.Namespace) -> dict:
         while state["step"] - start_step < args.steps:
             if args.max_minutes and time.time() - started > args.max_minutes * 60:
                 break
-            for _ in range(args.refresh):
-                pool[rng.randrange(len(pool))] = maker.make()
-            picks = [pool[rng.randrange(len(pool))] for _ in range(args.batch)]
-            x0, c = augment(to_unit(np.stack([p[0] for p in picks])), to_unit(np.stack([p[1] for p in picks])), rng)
-            bpp = torch.tensor([p[2] for p in picks])
+            x0, c, bpp = next_batch(pool, maker, rng, args.batch, args.refresh)
             out = branch_losses(branch, backbone, scheduler, x0.to(device), c.to(device), bpp.to(device),
                                 args.fixed_steps, seed=rng.randrange(1 << 62))
             optimizer.zero_grad(set_to_none=True)
