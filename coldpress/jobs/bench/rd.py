@@ -42,6 +42,26 @@ def _needed_bpp(message: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def timed_encode(row: dict[str, Any], encode) -> tuple[Any, float]:
+    """(``encode()``'s result, seconds), or (None, seconds) with ``row`` marked unreachable (and the bpp the
+    codec says it needs) or failed: one failing image must not stop the benchmark."""
+    import time
+
+    from coldpress.errors import RateUnreachableError
+
+    start = time.perf_counter()
+    try:
+        result = encode()
+    except RateUnreachableError as exc:
+        row.update(status="unreachable", encode_s=time.perf_counter() - start, needed_bpp=_needed_bpp(str(exc)),
+                   message=str(exc))
+        return None, time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="error", message=f"encode failed: {type(exc).__name__}: {exc}")
+        return None, time.perf_counter() - start
+    return result, time.perf_counter() - start
+
+
 def decoder_variants(specs: list[str], model: str | None) -> list[tuple[str, Any]]:
     """(name suffix, DecoderChoice or None for the coarse decode) of --decoders entries: ``coarse`` or
     ``diffusion:STEPS:DETAIL``."""
@@ -138,23 +158,14 @@ def measure(codec, codec_name: str, image_name: str, image, bpp: float, realism:
     import json
     import time
 
-    from coldpress.errors import RateUnreachableError
 
     h, w = image.shape[:2]
     megapixels = w * h / 1e6
     row: dict[str, Any] = {f: None for f in PER_IMAGE_FIELDS}
     row.update(image=image_name, width=w, height=h, codec=codec_name, target_bpp=bpp, params="", message="")
-    start = time.perf_counter()
-    try:
-        result = codec.encode(image, bpp)
-    except RateUnreachableError as exc:
-        row.update(status="unreachable", encode_s=time.perf_counter() - start, needed_bpp=_needed_bpp(str(exc)),
-                   message=str(exc))
+    result, encode_s = timed_encode(row, lambda: codec.encode(image, bpp))
+    if result is None:
         return row
-    except Exception as exc:  # noqa: BLE001 - one failing image must not stop the benchmark
-        row.update(status="error", message=f"encode failed: {type(exc).__name__}: {exc}")
-        return row
-    encode_s = time.perf_counter() - start
     row.update(achieved_bpp=result.achieved_bpp, encode_s=encode_s, encode_mp_s=megapixels / encode_s,
                params=json.dumps(result.params, sort_keys=True))
     start = time.perf_counter()

@@ -147,22 +147,13 @@ def _finish(row: dict[str, Any], src: Source, nbytes: int, decoded: np.ndarray, 
 # -- coldpress ------------------------------------------------------------------------------------
 def measure_coldpress(codec, name: str, src: Source, bpp: float) -> dict[str, Any]:
     """Encode ``src`` as ``coldpress encode`` does at ``bpp`` and decode it; never raises for a codec failure."""
-    from coldpress.errors import RateUnreachableError
-    from coldpress.jobs.bench.rd import _needed_bpp
+    from coldpress.jobs.bench.rd import timed_encode
     from coldpress.transforms import raster
 
     row = _row(src, name, bpp, budget_bytes=int(bpp * src.width * src.height / 8))
-    start = time.perf_counter()
-    try:
-        enc = raster.encode_raster(src.bytes, src.name, codec, bpp)
-    except RateUnreachableError as exc:
-        row.update(status="unreachable", encode_s=time.perf_counter() - start, needed_bpp=_needed_bpp(str(exc)),
-                   message=str(exc))
+    enc, encode_s = timed_encode(row, lambda: raster.encode_raster(src.bytes, src.name, codec, bpp))
+    if enc is None:
         return row
-    except Exception as exc:  # noqa: BLE001 - one failing raster must not stop the benchmark
-        row.update(status="error", message=f"encode failed: {type(exc).__name__}: {exc}")
-        return row
-    encode_s = time.perf_counter() - start
     start = time.perf_counter()
     decoded = raster.decode_package(enc.package).transpose(2, 0, 1)
     row["params"] = json.dumps({"tiles": len(raster.unpack_package(enc.package).header["tiles"])})
