@@ -55,7 +55,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, **kwargs)
+            # "local": a new instance even where a `ray start` (or a test cluster) left its address
+            # in /tmp/ray/ray_current_cluster, which ray.init() would otherwise join.
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ColdpressError(
