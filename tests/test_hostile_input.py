@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import ArchiveError, BitstreamError
 from coldpress.pipelines.local import encode_local, restore_local, verify_local
 from coldpress.transforms.archive import open_archive, write_shard
-from coldpress.transforms.raster.package import pack_package
+from coldpress.transforms.raster.package import pack_package, unpack_package
 from coldpress.transforms.records import decode_record, restore_record
 from synthetic_images import natural_image
 
@@ -162,7 +163,7 @@ def _row(package: bytes, metadata: str | None = None) -> dict:
             "metadata": metadata or json.dumps({"raster": {"width": 64, "height": 48}})}
 
 
-@pytest.mark.parametrize("over,match", [
+ABSURD = [
     ({"width": 1 << 20, "height": 1 << 20, "tiles": []}, "1048576x1048576"),
     ({"bands": 10_000_000, "map": []}, "10,000,000 bands"),
     ({"dtype": "V1000000000"}, "sample type"),
@@ -173,13 +174,49 @@ def _row(package: bytes, metadata: str | None = None) -> dict:
     ({"tiles": [{"x": 0, "y": 0, "w": 64, "h": 48, "mask": 0, "parts": [0, 0, 0]}]}, "one part length"),
     ({"tiles": "all of them"}, "tiles"),
     ({"groups": [[5]]}, "band groups"),
-])
+]
+
+
+@pytest.mark.parametrize("over,match", ABSURD)
 def test_absurd_raster_declarations_are_refused(over, match):
     package = pack_package(_header(**over), [])
     row = _row(package)
     text = _bounded(decode_record, row, match=match)
     assert "raster package" in text
     _bounded(restore_record, row, "/nonexistent/out.tif", "auto", match=match)
+
+
+_TILE = {"x": 0, "y": 0, "w": 64, "h": 48, "mask": 0}
+
+
+@pytest.mark.parametrize("over,match", [a for a in ABSURD if a[1] not in ("a header of", "70,000 tiles")] + [
+    ({"tiles": [{**_TILE, "parts": [1 << 62]}]}, r"tile 0 of 1 in its tile index ends 4,611,686,018,427,387,904 "
+                                                r"bytes into the tile data, past the 0 bytes"),
+    ({"tiles": [{**_TILE, "parts": [0], "band_masks": {"0": 10**18}}]}, "past the 0 bytes"),
+    ({"tiles": [{**_TILE, "parts": [-5]}]}, "one part length per band group"),
+    ({"tiles": [{**_TILE, "parts": [0], "band_masks": {"7": 0}}]}, "band masks do not name bands"),
+])
+def test_unpack_package_itself_refuses_hostile_declarations(over, match):
+    """``unpack_package`` (what every reader of a raster package calls, not only records.py) refuses
+    absurd declarations and tile index entries pointing outside the payload, in bounded memory."""
+    text = _bounded(unpack_package, pack_package(_header(**over), []), match=match)
+    assert "raster package" in text  # what was wrong, and what to do:
+    assert "restore it from a replica or re-encode the source" in text or "set COLDPRESS_MAX_DECODE_PIXELS" in text
+
+
+def test_a_tile_index_short_of_the_payload_is_refused():
+    package = pack_package(_header(tiles=[{**_TILE, "mask": 3, "parts": [2]}]), [b"\0" * 9])
+    _bounded(unpack_package, package, match="accounts for 5 bytes of tile data, but the package holds 9")
+
+
+def test_a_tile_index_past_the_payload_is_refused_at_its_first_bad_tile_in_bounded_time():
+    """12,288 tiles of 1x1 (the most the 64x48 raster's area bound allows), the first pointing 2**62
+    bytes on: refused at tile 0, before any span past it is walked or any slice taken."""
+    tiles = [{"x": i % 64, "y": (i // 64) % 48, "w": 1, "h": 1, "mask": 0, "parts": [1 << 62]} for i in range(12_288)]
+    package = pack_package(_header(tiles=tiles), [])
+    t = time.monotonic()
+    text = _bounded(unpack_package, package, match="tile 0 of 12,288")
+    assert time.monotonic() - t < 5, text
 
 
 def test_deep_raster_header_and_deep_row_metadata_are_refused():
@@ -259,3 +296,35 @@ def test_malicious_parquet_footer_is_refused(archive, tmp_path, attack, capsys):
     assert "part-00000.parquet is damaged" in capsys.readouterr().out
     with pytest.raises(ArchiveError, match="part-00000.parquet"):
         open_archive(archive).read(columns=["id"])
+
+
+def test_stac_parses_row_metadata_with_the_depth_bound_and_catalogs_the_other_rasters(tmp_path, capsys):
+    """A raster row whose metadata nests 100,000 levels (checksums consistent: metadata is no part of
+    the bitstream) gets no STAC Item and is listed with the reason; before, ``coldpress stac`` died
+    of a RecursionError and wrote no catalog at all."""
+    pystac = pytest.importorskip("pystac")
+    from affine import Affine
+    from rasterio.io import MemoryFile
+
+    from coldpress.jobs.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=64, height=48, count=1, dtype="uint8", crs="EPSG:32633",
+                      transform=Affine(10, 0, 500000, 0, -10, 4200000)) as ds:
+            ds.write(natural_image(48, 64, seed=5)[:, :, 0], 1)
+        (src / "scene.tif").write_bytes(mem.read())
+    archive, out = tmp_path / "archive", tmp_path / "stac"
+    encode_local(src, archive, codec="webp", bpp=10.0, progress=False, workers=1)
+    row = open_archive(archive).read().to_pylist()[0]
+    row.update(id="zz-deep.tif", metadata='{"raster": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    write_shard(archive, 1, [row])
+    t = time.monotonic()
+    assert main(["stac", str(archive), "--out", str(out), "--quiet"]) == 1
+    assert time.monotonic() - t < 30
+    err = capsys.readouterr().err
+    assert f"zz-deep.tif: its metadata nests deeper than {MAX_JSON_DEPTH} levels" in err
+    assert "1 raster row(s) got no Item" in err and "restore the archive from a replica" in err
+    collection = pystac.Collection.from_file(str(out / "collection.json"))
+    assert [i.properties["coldpress:id"] for i in collection.get_items(recursive=True)] == ["scene.tif"]

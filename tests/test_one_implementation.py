@@ -5,6 +5,7 @@ and everything else calls it (before, four PSNRs with different caps and channel
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 PACKAGE = Path(__file__).resolve().parents[1] / "coldpress"
 
 
+@functools.lru_cache(maxsize=1)
 def _sources() -> dict[str, ast.AST]:
     return {str(p.relative_to(PACKAGE.parent)): ast.parse(p.read_text()) for p in PACKAGE.rglob("*.py")}
 
@@ -40,6 +42,21 @@ def test_each_helper_is_defined_once():
     assert _defining("list_images") == ["coldpress/transforms/sources.py"]  # bench.common._list_images only wraps it
     assert _defining("coldpress_version") == ["coldpress/versions.py"]
     assert _defining("_version") == [] and _defining("_coldpress_version") == []
+
+
+def _called(name: str) -> list[str]:
+    """Modules calling ``name(...)`` or ``<anything>.name(...)``."""
+    return sorted({path for path, tree in _sources().items() for node in ast.walk(tree) if isinstance(node, ast.Call)
+                   and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) == name})
+
+
+def test_raster_headers_are_checked_in_one_place():
+    """Every reader of a raster package goes through ``unpack_package``, which checks its header
+    (``bounds.read_header``); nothing else parses or checks one (records.py did, beside it)."""
+    bounds = "coldpress/transforms/raster/bounds.py"
+    assert _defining("read_header") == _defining("check_header") == [bounds]
+    assert _called("read_header") == ["coldpress/transforms/raster/package.py"]
+    assert _called("check_header") == [bounds] and _called("package_header") == []
 
 
 def test_versions_and_filesystems_are_looked_up_in_one_place():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -14,7 +15,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Write a STAC Collection (collection.json) and one Item per archived raster (footprint in "
             "WGS 84, datetime, projection and raster extensions, an asset pointing at the archive shard "
             "with file:size and file:checksum), so that STAC tools search the archive by place and time. "
-            "Photos get no Item."
+            "Photos get no Item. Exit status 1 when a raster row's metadata is damaged or hostile "
+            "(listed on stderr; the others are catalogued)."
         ),
     )
     p.add_argument("archive", metavar="ARCHIVE", help="archive directory, local or URL (s3://bucket/archive)")
@@ -39,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
         out = os.path.join(str(args.archive), "_stac")
     if "://" in str(out):
         raise ColdpressError(f"--out {out}: the catalog is written to a local folder; pass a local path and copy it")
-    path, n = write_catalog(args.archive, out, storage_options(args), collection_id=args.collection_id,
-                            checksums=not args.no_checksum)
+    path, n, left_out = write_catalog(args.archive, out, storage_options(args), collection_id=args.collection_id,
+                                      checksums=not args.no_checksum)
     say(args, f"wrote {path}: a STAC Collection with {n} Item(s)")
-    return 0
+    if not left_out:
+        return 0
+    print(f"{len(left_out)} raster row(s) got no Item: their metadata is damaged or hostile. To catalog them, "
+          "restore the archive from a replica, or encode their sources into a new archive:", file=sys.stderr)
+    for rid, why in left_out:
+        print(f"  {rid}: {why}", file=sys.stderr)
+    return 1

@@ -62,7 +62,6 @@ from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import BitstreamError, ColdpressError, EnvironmentFault, InputRejected
 from coldpress.transforms import raster
 from coldpress.transforms.faults import raise_if_environmental
-from coldpress.transforms.raster.bounds import check_decode, package_header
 from coldpress.transforms.read import DEFAULT_MAX_PIXELS, decode_input
 from coldpress.transforms.sources import SourceFile, filesystem_for, record_id, source_sha256
 from coldpress.metrics import PSNR_CAP_DB, psnr
@@ -297,8 +296,7 @@ def checked_bitstream(row: Mapping[str, Any]) -> bytes:
             f"{expected or 'none'}; restore the archive file from a replica or re-encode the source "
             f"{row.get('source_uri', '')}"
         )
-    package_header(bitstream)  # a raster package's declarations checked before anything walks them
-    return bitstream
+    return bitstream  # a raster package's declarations are checked by raster.unpack_package
 
 
 def is_raster_row(row: Mapping[str, Any]) -> bool:
@@ -316,8 +314,7 @@ def decode_record(row: Mapping[str, Any], decoder: Any = None) -> np.ndarray:
     bitstream = checked_bitstream(row)
     if raster.is_package(bitstream):
         _refuse_diffusion_raster(row, decoder)
-        check_decode(package_header(bitstream))  # the whole raster in memory: bounded
-        pixels = raster.decode_package(bitstream)
+        pixels = raster.decode_package(bitstream)  # declarations and the decode's memory bounded there
     else:
         pixels = decode_bitstream(bitstream, decoder=decoder)
     width, height = row.get("width"), row.get("height")
@@ -617,7 +614,6 @@ def _raster_file(pkg: "raster.Package", meta: dict[str, Any], fmt: str, region: 
     window = raster.resolve_window(meta, **dict(region)) if region else None
     driver = _RASTER_DRIVERS.get(fmt)
     if driver is None:
-        check_decode(pkg.header, window)
         pixels, _ = raster.decode_region(pkg, window)
         return _output_format(fmt)[1], image_bytes(raster.coded_8bit(pixels, pkg.header), fmt)
     import tempfile
@@ -650,5 +646,4 @@ def decode_region_record(row: Mapping[str, Any], region: Mapping[str, Any] | Non
         )
     pkg = raster.unpack_package(checked_bitstream(row))
     window = raster.resolve_window(_raster_meta(row), **dict(region))
-    check_decode(pkg.header, window)
     return raster.decode_region(pkg, window)[0]

@@ -7,17 +7,20 @@ a datetime (from the raster's tags, else a YYYYMMDD date in its id, else the tim
 the raster extension (``raster:bands``: data type, nodata, scale, offset, unit) and the file
 extension (``file:size``, ``file:checksum``: the shard's sha2-256 multihash), plus ``coldpress:id`` (the
 row id to restore: ``coldpress restore ARCHIVE DST --id ID``) and ``coldpress:bitstream_sha256``.
-Rows that are photos (not rasters) get no Item.
+Rows that are photos (not rasters) get no Item. A raster row whose metadata does not parse, nests
+deeper than ``limits.MAX_JSON_DEPTH`` (a hostile or damaged archive) or holds no raster description
+gets no Item either: ``build_catalog`` returns its id and why, and ``coldpress stac`` lists it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
 import re
 from datetime import datetime, timezone
 from typing import Any
+
+from coldpress.codec.limits import loads_bounded
 
 #: Tags that may hold the acquisition time, in the order they are tried.
 _TIME_TAGS = ("ACQUISITION_DATETIME", "ACQUISITIONDATETIME", "ACQUISITION_DATE", "ACQUISITIONDATE",
@@ -83,6 +86,19 @@ def _item_id(rid: str) -> str:
     return safe or "_"
 
 
+def _raster_meta(row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(the raster description in a row's metadata, "") or (None, why it is unusable); the metadata
+    is parsed with the depth bound of everything read from an archive (``limits.loads_bounded``)."""
+    try:
+        meta = loads_bounded(row["metadata"] or "{}", "its metadata")
+    except ValueError as exc:
+        return None, str(exc)[:200]
+    r = meta.get("raster", {}) if isinstance(meta, dict) else None
+    if not isinstance(r, dict):
+        return None, "its metadata is not a JSON object holding a 'raster' object"
+    return r, ""
+
+
 def _sha256_multihash(fs, path: str) -> str:
     h = hashlib.sha256()
     with fs.open(path, "rb") as f:
@@ -93,7 +109,8 @@ def _sha256_multihash(fs, path: str) -> str:
 
 def build_catalog(archive: str, storage_options: dict[str, Any] | None = None, *, collection_id: str | None = None,
                   checksums: bool = True):
-    """(pystac.Collection, items written) for the archive's rasters."""
+    """(pystac.Collection, items written, [(id, why) of each raster row left out]) for the archive's
+    rasters."""
     import pyarrow.parquet as pq
     import pystac
     from pystac.extensions.file import FileExtension
@@ -107,7 +124,7 @@ def build_catalog(archive: str, storage_options: dict[str, Any] | None = None, *
     arch = open_archive(archive, filesystem=fs)
     columns = ["id", "mode", "metadata", "created_at", "width", "height", "codec", "achieved_bpp", "psnr",
                "bitstream_sha256", "source_sha256", "source_uri"]
-    items = []
+    items, left_out = [], []
     for shard in arch.shards:
         shard_fs, shard_path = filesystem_for(shard.path, storage_options)
         with shard_fs.open(shard_path, "rb") as f:
@@ -117,8 +134,10 @@ def build_catalog(archive: str, storage_options: dict[str, Any] | None = None, *
             continue
         checksum = _sha256_multihash(shard_fs, shard_path) if checksums else None
         for row in rows:
-            meta = json.loads(row["metadata"] or "{}")
-            r = meta.get("raster", {})
+            r, why = _raster_meta(row)
+            if r is None:
+                left_out.append((row["id"], why))
+                continue
             when, source = item_datetime(row["id"], r, row["created_at"])
             geom = footprint(r)
             props = {
@@ -173,18 +192,19 @@ def build_catalog(archive: str, storage_options: dict[str, Any] | None = None, *
     )
     for item in items:
         collection.add_item(item)
-    return collection, len(items)
+    return collection, len(items), left_out
 
 
-def write_catalog(archive: str, out: str, storage_options: dict[str, Any] | None = None, **kwargs) -> tuple[str, int]:
+def write_catalog(archive: str, out: str, storage_options: dict[str, Any] | None = None, **kwargs
+                  ) -> tuple[str, int, list[tuple[str, str]]]:
     """Write the STAC Collection (``out/collection.json``) and Items under the local folder ``out``;
-    return (the collection's path, number of Items)."""
+    return (the collection's path, number of Items, the raster rows left out: ``build_catalog``)."""
     import os
 
     import pystac
 
-    collection, n = build_catalog(archive, storage_options, **kwargs)
+    collection, n, left_out = build_catalog(archive, storage_options, **kwargs)
     out = os.path.abspath(out)
     collection.normalize_hrefs(out)
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    return os.path.join(out, "collection.json"), n
+    return os.path.join(out, "collection.json"), n, left_out

@@ -1,7 +1,8 @@
-"""Bounds on a raster package read from an archive (``codec.limits``): its header is parsed with a
-bounded JSON depth and its declarations (size, bands, sample type, tiles) checked before
-``package.unpack_package`` walks them or any decode allocates for them. A package that fails is
-refused with a BitstreamError naming what is wrong."""
+"""Bounds on a raster package read from an archive (``codec.limits``): ``package.unpack_package``
+reads its header with ``read_header`` (the header's length checked, then parsed with a bounded JSON
+depth, then its declarations checked: size, bands, sample type, tiles) before it walks the tile
+index, and ``check_decode`` bounds what a decode allocates. A package that fails is refused with a
+BitstreamError naming what is wrong."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from coldpress.codec.container import read_varint
 from coldpress.codec.limits import check_bytes, check_pixels, loads_bounded
 from coldpress.errors import BitstreamError
 
-_MAGIC = b"CPRT"  # package.RASTER_MAGIC
 #: Most bands, and most tiles, a raster package may declare (coldpress writes 1,024-pixel tiles: a
 #: raster at the decode pixel limit has about 170 of them).
 MAX_RASTER_BANDS = 4096
@@ -31,13 +31,9 @@ def _count(value: Any, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def package_header(data: bytes) -> dict[str, Any] | None:
-    """The checked header of raster package ``data`` (None when ``data`` is not a raster package)."""
-    data = bytes(data)
-    if data[:4] != _MAGIC:
-        return None
-    if len(data) < 10:
-        raise BitstreamError("this raster package is truncated; restore it from a replica")
+def read_header(data: bytes) -> tuple[dict[str, Any], int]:
+    """(checked header, offset of the tile data) of raster package ``data``, whose magic, length and
+    CRC32 ``package.unpack_package`` has checked."""
     n, pos = read_varint(data, 5, "this raster package")
     if pos + n > len(data) - 4:
         raise _bad(f"its header length {n:,} runs past the package's {len(data):,} bytes")
@@ -48,7 +44,7 @@ def package_header(data: bytes) -> dict[str, Any] | None:
     except ValueError as exc:
         raise _bad(f"it does not parse: {str(exc)[:120]}") from None
     check_header(header, len(data))
-    return header
+    return header, pos + n
 
 
 def check_header(header: Any, size: int) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from coldpress.codec.container import read_varint, varint
 from coldpress.errors import BitstreamError
+from coldpress.transforms.raster.bounds import _bad, check_decode, read_header
 from coldpress.transforms.raster.mapping import _apply_validity, _from8
 from coldpress.transforms.raster.masks import _unpack_mask
 from coldpress.transforms.raster.metadata import _from_json_number
@@ -55,6 +56,10 @@ class Package:
 
 
 def unpack_package(data: bytes) -> Package:
+    """The header and tile index of raster package ``data``, checked: its CRC32, then its header's
+    declarations (``bounds.read_header``: size, bands, sample type, tiles, within the decode bounds),
+    then every tile's lengths against the bytes the package holds, so that a hostile or damaged
+    package is refused (BitstreamError) before anything walks or allocates for what it declares."""
     data = bytes(data)
     if not is_package(data):
         raise BitstreamError("this is not a coldpress raster package (magic CPRT); the archive row is corrupt")
@@ -65,14 +70,10 @@ def unpack_package(data: bytes) -> Package:
     version = data[4]
     if version > RASTER_VERSION:
         raise BitstreamError(f"raster package version {version} is newer than this coldpress reads ({RASTER_VERSION}); upgrade coldpress")
-    n, pos = read_varint(data, 5, "this raster package")
-    try:
-        header = json.loads(data[pos:pos + n])
-    except ValueError as exc:
-        raise BitstreamError(f"the header of this raster package does not parse ({exc}); restore it from a replica") from None
-    pos += n
+    header, pos = read_header(data)
+    start, end = pos, len(data) - 4
     spans = []
-    for t in header["tiles"]:
+    for ti, t in enumerate(header["tiles"]):
         entry: dict[str, Any] = {}
         entry["mask"] = (pos, t["mask"])
         pos += t["mask"]
@@ -84,9 +85,13 @@ def unpack_package(data: bytes) -> Package:
         for length in t["parts"]:
             entry["parts"].append((pos, length))
             pos += length
+        if pos > end:  # lengths are whole numbers (read_header): stop at the first tile past the end
+            raise _bad(f"tile {ti} of {len(header['tiles']):,} in its tile index ends {pos - start:,} bytes into "
+                       f"the tile data, past the {end - start:,} bytes the package holds")
         spans.append(entry)
-    if pos != len(data) - 4:
-        raise BitstreamError("the tile index of this raster package does not match its length; restore it from a replica")
+    if pos != end:
+        raise _bad(f"its tile index accounts for {pos - start:,} bytes of tile data, but the package holds "
+                   f"{end - start:,}")
     return Package(header=header, data=data, spans=spans)
 
 
@@ -268,7 +273,9 @@ def decode_package(data: bytes, window: tuple[int, int, int, int] | None = None)
 
 def decode_region(pkg: Package, window: tuple[int, int, int, int] | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pixels (h, w, bands), valid mask or None) of a window (col, row, width, height), or of the whole raster."""
+    """(pixels (h, w, bands), valid mask or None) of a window (col, row, width, height), or of the whole
+    raster; refused (BitstreamError) when its array would pass ``limits.max_decode_bytes()``."""
+    check_decode(pkg.header, window)
     H, W, _ = pkg.shape
     return TileDecoder.of(pkg).region(window or (0, 0, W, H))
 
