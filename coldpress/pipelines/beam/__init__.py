@@ -32,8 +32,10 @@ Choices, and why:
   coldpress uses (and the archive writer needs fsspec anyway), and they give no key relative to
   SRC, so ids and the hidden-file rule would have to be re-derived and could drift from the local
   and Ray engines. ``ReadImages`` keeps MatchFiles/ReadMatches' shape (match once, redistribute,
-  read in parallel) with ``sources.list_sources`` and ``sources.read_bytes``: the same listing,
-  ids and URIs as the other engines, and every filesystem fsspec reaches (s3, gs, az, ...).
+  read in parallel) with ``sources.list_sources`` and ``sources.read_source``: the same listing,
+  ids and URIs as the other engines, and every filesystem fsspec reaches (s3, gs, az, ...). A
+  raster file of ``sources.LARGE_SOURCE_BYTES`` (64 MB) or more travels as a ``SourceFile`` (URI,
+  size, sha256), not its bytes, and the encode step reads it with GDAL window by window.
 - **Shards through write_shard, not WriteToParquet.** ``WriteToParquet`` has one compression codec
   for every column (the archive uses zstd-15 and zstd-1 for the bitstream), no dictionary,
   statistics or page-checksum settings per column, no row groups bounded by bitstream bytes, no

@@ -12,6 +12,7 @@ from coldpress.codec.base import Codec, check_bpp
 from coldpress.defaults import DEFAULT_CODEC
 from coldpress.transforms.plan import resolve_codec
 from coldpress.transforms.records import process_input
+from coldpress.transforms.sources import SourceFile
 from coldpress.pipelines.beam.options import DEFAULT_BATCH_SIZE, ARCHIVED, REJECTED
 
 
@@ -22,12 +23,17 @@ class _Archiver:
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
 
-    def archive_batch(self, batch: list[tuple[str, str, bytes]], bpp: float) -> list[tuple[str, dict[str, Any]]]:
+    def archive_batch(self, batch: list[tuple[str, str, bytes | SourceFile]],
+                      bpp: float) -> list[tuple[str, dict[str, Any]]]:
         return [process_input(key, uri, data, self.codec, bpp) for key, uri, data in batch]
 
 
 class CodecModelHandler(ModelHandler):
     """RunInference's handler for a coldpress codec: (key, uri, bytes) in, ("archived"|"rejected", row) out.
+
+    A large raster comes as (key, uri, ``sources.SourceFile``) (``ReadImages``): GDAL opens it where
+    it is (a local path, or an fsspec file such as s3://) and the encoder reads it window by window,
+    as in the local engine, so neither the element nor the worker holds the whole file.
 
     ``load_model`` builds the codec (``get_codec(codec, **codec_options)``) once per worker process
     (RunInference shares it between the process's threads); with ``large_model`` or
@@ -56,11 +62,12 @@ class CodecModelHandler(ModelHandler):
         return _Archiver(resolve_codec(self._codec, **self._codec_options))
 
     def run_inference(self, batch, model, inference_args=None):
-        return model.archive_batch([(str(k), str(u), d if isinstance(d, bytes) else bytes(d)) for k, u, d in batch],
+        return model.archive_batch([(str(k), str(u), d if isinstance(d, (bytes, SourceFile)) else bytes(d))
+                                    for k, u, d in batch],
                                    self._bpp)  # bytes subclasses (datasets.DatasetBytes) keep their columns
 
     def get_num_bytes(self, batch) -> int:
-        return sum(len(data) for _, _, data in batch)
+        return sum(len(data) for _, _, data in batch)  # a SourceFile counts its file's size: the bytes encoded
 
     def get_metrics_namespace(self) -> str:
         return "coldpress"
@@ -77,7 +84,8 @@ class _SortByStatus(beam.DoFn):
 
 
 class EncodeImages(beam.PTransform):
-    """Encode (key, uri, bytes) images at ``bpp`` with ``codec``: outputs ``archived`` and ``rejected`` rows.
+    """Encode (key, uri, bytes | SourceFile) images at ``bpp`` with ``codec``: outputs ``archived`` and
+    ``rejected`` rows.
 
     Built on RunInference with ``CodecModelHandler`` (see there for batching and model sharing).
     Inputs that cannot be archived (not an image, rate unreachable, failed verify-on-write) leave as

@@ -10,7 +10,7 @@ from typing import Any
 import apache_beam as beam
 
 from coldpress.transforms.records import unreadable_row
-from coldpress.transforms.sources import filesystem_for, list_sources, read_bytes
+from coldpress.transforms.sources import filesystem_for, list_sources, read_source
 from coldpress.pipelines.beam.options import IMAGES, REJECTED, graph_storage_options
 
 #: Planned inputs per part file of a run's input listing (``write_listing``).
@@ -30,7 +30,13 @@ class _ListSources(beam.DoFn):
 
 
 class _ReadSource(beam.DoFn):
-    """(uri, key) -> (key, uri, bytes); a source that cannot be read leaves as a rejected row."""
+    """(uri, key) -> (key, uri, bytes or SourceFile); a source that cannot be read leaves as a rejected row.
+
+    As in the local and Ray engines (``sources.read_source``), a raster file of
+    ``sources.LARGE_SOURCE_BYTES`` or more is not read into the element: its sha256 is streamed here
+    (8 MB at a time) and the element carries a ``SourceFile`` (its URI, size, sha256, first 64
+    bytes and the job's credential-free storage options), which the encode step opens with GDAL
+    and reads window by window. Other files travel as their bytes."""
 
     def __init__(self, storage_options: Mapping[str, Any] | None) -> None:
         self._storage_options = dict(storage_options or {}) or None
@@ -38,7 +44,7 @@ class _ReadSource(beam.DoFn):
     def process(self, source: tuple[str, str]):
         uri, key = source
         try:
-            data = read_bytes(uri, self._storage_options)
+            data = read_source(uri, self._storage_options)
         except Exception as exc:  # noqa: BLE001 - an unreadable input is rejected with the reason
             yield beam.pvalue.TaggedOutput(REJECTED, unreadable_row(key, uri, exc))
             return
@@ -97,7 +103,9 @@ class _ReadListing(beam.DoFn):
 
 
 class ReadImages(beam.PTransform):
-    """Read every file under a source: outputs ``images`` ((key, uri, bytes)) and ``rejected`` rows.
+    """Read every file under a source: outputs ``images`` ((key, uri, bytes), or (key, uri,
+    ``sources.SourceFile``) for a large raster, whose pixels the encode step reads by window) and
+    ``rejected`` rows.
 
     ``src`` is a folder, a file or an fsspec URL (``s3://bucket/photos``), listed inside the
     pipeline with ``sources.list_sources``; an ``InputListing`` (``write_listing``: the launcher's
