@@ -6,9 +6,13 @@
 2. encodes it in a child process with the local engine (``encode_local``) and reports that
    process's peak RSS; ``--read whole`` holds the file's bytes whole as before ``sources.read_source``
    (``--read both``: one after the other, for the memory before and after);
-3. restores it whole (COG) and a 1024 x 1024 region (``--window``, not aligned to the tiles) and
-   reports both times;
-4. seams (alone with ``--seams-only``): a ``--seam-size`` px scene in tiles of ``--seam-tile``, with the
+3. restores it whole (COG) and a ``--region`` px square region (default 1024; ``--window``, not
+   aligned to the tiles: it straddles the scene's central tile corner) and reports both times (the
+   median of ``--repeats`` restores) and how many of the scene's tiles the region decoded;
+   ``--tile`` and ``--overlap`` code the scene in other tiles than the package's (1024 px, 8 px
+   overlap), e.g. a 2048 px scene in 256 px tiles with a 256 px region has the tile geometry of an
+   8192 px scene in 1024 px tiles with a 1024 px region, at a sixteenth of the pixels;
+4. seams (``--no-seams``: skipped) (alone with ``--seams-only``): a ``--seam-size`` px scene in tiles of ``--seam-tile``, with the
    package's tile overlap and without: PSNR against the source and against the scene coded as one
    tile, and the step of the coding error across tile edges vs across 16 px block edges inside tiles.
 Prints one JSON object.
@@ -51,9 +55,16 @@ def write_scene(path: str, size: int, bands: int) -> None:
                 ds.write(block, window=Window(x0, y0, w, h))
 
 
-def _child_encode(path: str, archive: str, codec: str, bpp: float, read: str = "window") -> None:
+def _child_encode(path: str, archive: str, codec: str, bpp: float, read: str = "window", tile: int = 0,
+                  overlap: int = -1) -> None:
     from coldpress.pipelines.local import encode_local
-    from coldpress.transforms import sources
+    from coldpress.transforms import raster, sources
+
+    # encode_local has no tile setting (archives use the package's); the bench changes encode_raster's defaults
+    if tile > 0:
+        raster.encode_raster.__kwdefaults__["tile_size"] = tile
+    if overlap >= 0:
+        raster.encode_raster.__kwdefaults__["overlap"] = overlap
 
     if read == "whole":  # as before sources.read_source: the file's bytes held whole while it is encoded
         sources.LARGE_SOURCE_BYTES = float("inf")
@@ -114,6 +125,28 @@ def seams(codec: str, bpp: float, size: int, tile: int) -> dict:
     return out
 
 
+def _region_tiles(archive: str, window: tuple[int, int, int, int]) -> dict:
+    """The scene's tile count, overlap, and the tiles whose coded windows the region overlaps (what it decodes)."""
+    from coldpress.transforms.archive import open_archive
+    from coldpress.transforms.raster.package import coded_window, unpack_package
+
+    header = unpack_package(open_archive(archive).read(columns=["bitstream"]).column("bitstream")[0].as_py()).header
+    col, row, w, h = window
+    hit = [i for i in range(len(header["tiles"])) for cx, cy, cw, ch in [coded_window(header, i)]
+           if cx < col + w and col < cx + cw and cy < row + h and row < cy + ch]
+    return {"tiles": len(header["tiles"]), "tile_size": header.get("tile_size"),
+            "overlap": int(header.get("overlap", 0)), "region_tiles_decoded": len(hit)}
+
+
+def _timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.monotonic()
+        fn()
+        times.append(time.monotonic() - t)
+    return float(np.median(times))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=8192)
@@ -128,19 +161,24 @@ def main() -> None:
                    help="how the encode reads the scene: GDAL window by window (coldpress's way for a source of "
                    "sources.LARGE_SOURCE_BYTES or more), the file's bytes whole (as before), or both, one after the other")
     p.add_argument("--encode-only", action="store_true", help="steps 1-2 only")
-    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--tile", type=int, default=0, help="tile side in px (default: the package's, 1024)")
+    p.add_argument("--overlap", type=int, default=-1, help="tile overlap in px (default: the package's, 8)")
+    p.add_argument("--region", type=int, default=1024, help="side of the restored region in px")
+    p.add_argument("--repeats", type=int, default=1, help="restores timed (the median is reported)")
+    p.add_argument("--no-seams", action="store_true", help="skip the seam measurement (step 4)")
+    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.seams_only:
         print(json.dumps(seams(args.codec, args.bpp, args.seam_size, args.seam_tile), indent=2))
         return
     if args.child:
-        path, archive, codec, bpp, read = args.child
-        _child_encode(path, archive, codec, float(bpp), read)
+        path, archive, codec, bpp, read, tile, overlap = args.child
+        _child_encode(path, archive, codec, float(bpp), read, int(tile), int(overlap))
         return
     os.makedirs(os.path.join(args.out, "src"), exist_ok=True)
     path = os.path.join(args.out, "src", "scene.tif")
     archive = os.path.join(args.out, "archive")
-    result: dict = {"size": args.size, "bands": args.bands, "codec": args.codec, "bpp": args.bpp}
+    result: dict = {"size": args.size, "bands": args.bands, "codec": args.codec, "bpp": args.bpp, "region": args.region}
     t = time.monotonic()
     if not os.path.exists(path):
         write_scene(path, args.size, args.bands)
@@ -149,7 +187,8 @@ def main() -> None:
     subprocess.run(["rm", "-rf", archive, os.path.join(args.out, "full"), os.path.join(args.out, "region")], check=True)
     for read in (("whole", "window") if args.read == "both" else (args.read,)):
         subprocess.run(["rm", "-rf", archive], check=True)
-        out = subprocess.run([sys.executable, __file__, "--child", path, archive, args.codec, str(args.bpp), read],
+        out = subprocess.run([sys.executable, __file__, "--child", path, archive, args.codec, str(args.bpp), read,
+                              str(args.tile), str(args.overlap)],
                              check=True, capture_output=True, text=True).stdout
         child = json.loads(out.strip().splitlines()[-1])
         result.update(child) if args.read != "both" else result.setdefault("encodes", []).append(child)
@@ -159,16 +198,18 @@ def main() -> None:
 
     from coldpress.pipelines.local import restore_local
 
-    t = time.monotonic()
-    restore_local(archive, os.path.join(args.out, "full"), progress=False)
-    result["full_restore_s"] = time.monotonic() - t
-    off = args.size // 2 - 512 + 100  # not aligned to the tile grid: four tiles decoded
-    t = time.monotonic()
-    restore_local(archive, os.path.join(args.out, "region"), progress=False,
-                  region={"window": (off, off, 1024, 1024)})
-    result["region_restore_s"] = time.monotonic() - t
+    def restore(name: str, **kw) -> None:
+        subprocess.run(["rm", "-rf", os.path.join(args.out, name)], check=True)
+        restore_local(archive, os.path.join(args.out, name), progress=False, **kw)
+
+    result["full_restore_s"] = _timed(lambda: restore("full"), args.repeats)
+    off = args.size // 2 - args.region // 2 + round(100 * args.region / 1024)  # not aligned to the tile grid
+    window = (off, off, args.region, args.region)
+    result["region_restore_s"] = _timed(lambda: restore("region", region={"window": window}), args.repeats)
     result["region_fraction_of_full"] = result["region_restore_s"] / result["full_restore_s"]
-    result["seams"] = seams(args.codec, args.bpp, args.seam_size, args.seam_tile)
+    result.update(window=list(window), repeats=args.repeats, **_region_tiles(archive, window))
+    if not args.no_seams:
+        result["seams"] = seams(args.codec, args.bpp, args.seam_size, args.seam_tile)
     print(json.dumps(result, indent=2))
 
 
