@@ -24,10 +24,10 @@ RATE = float(os.environ.get("FLAKY_RATE", "0.05"))
 N = 16
 
 
-def _sources(s3_server: str, bucket: str) -> s3fs.S3FileSystem:
+def _sources(s3_server: str, bucket: str, n: int = N) -> s3fs.S3FileSystem:
     s3fs.S3FileSystem.clear_instance_cache()
     direct = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
-    for i in range(N):
+    for i in range(n):
         out = io.BytesIO()
         Image.fromarray(natural_image(64, 64, seed=300 + i)).save(out, format="PNG")
         direct.pipe_file(f"{bucket}/src/{i:02d}.png", out.getvalue())
@@ -204,6 +204,28 @@ def test_ray_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch
     counts = manifest["storage_retries"]
     print("proxy", dict(proxy.counts), "manifest", counts)
     assert manifest["archived"] == N and proxy.injected >= 2
+    five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
+    assert five == proxy.injected, (counts, proxy.counts)
+    assert counts["retried"] == counts["failed_attempts"]
+
+
+def test_beam_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
+    """The same on Beam (FnApiRunner): the reads' retries are taken when each bundle of the encode
+    stage ends (``TakeRetries``), the shard writes' with their shards, and the step writing the
+    manifest sums them. Few inputs: the Beam flaky-storage test above covers the rest."""
+    pytest.importorskip("apache_beam")
+    from coldpress.pipelines.beam import encode_beam
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    n = 4
+    _sources(s3_server, s3_bucket, n)
+    with FaultyS3(s3_server, rate=0.3, seed=5, faults=("503", "500"), only=f"/{s3_bucket}/src/") as proxy:
+        manifest = encode_beam(f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive", codec="jpeg", bpp=2.0,
+                               storage_options=client_options(proxy.url), progress=False,
+                               pipeline_args=["--direct_num_workers=1"])
+    counts = manifest["storage_retries"]
+    print("proxy", dict(proxy.counts), "manifest", counts)
+    assert manifest["archived"] == n and proxy.injected >= 2
     five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
     assert five == proxy.injected, (counts, proxy.counts)
     assert counts["retried"] == counts["failed_attempts"]

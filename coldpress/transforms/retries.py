@@ -14,8 +14,14 @@ took). ``snapshot()`` returns the counts so far:
 ``ArchiveWriter`` puts into the manifest, as ``storage_retries``, the counts of the process that
 writes the archive plus the ``worker_storage_retries`` an engine gathered from its workers (the local
 engine's worker processes report theirs with each chunk, Ray's encode actors with the first row of
-each batch and its write tasks with their results; Beam's workers' are not gathered yet: a Beam
-manifest counts only the requests of the worker that writes the rejected table and the manifest).
+each batch and its write tasks with their results; Beam's workers with ``take``, below).
+
+``take()`` is what this process counted since the last ``take`` (or since it started), each count
+taken once whatever the threads: Beam's workers run several bundles at once in one process, and the
+storage calls of all of them run in fsspec's one event loop thread, so no count can be told apart by
+element or thread. A step of each Beam stage that makes storage calls takes them when its bundle
+ends and sends them on as elements (``pipelines.beam.write``), which reach the step writing the
+manifest; the counts of a bundle that failed are lost with its outputs (Beam retries it).
 """
 
 from __future__ import annotations
@@ -87,14 +93,32 @@ def watch(fs: Any) -> Any:
     return fs
 
 
+def _now() -> dict[str, Any]:
+    return {"requests": _counts["requests"], "retried": _counts["retried"],
+            "failed_attempts": _counts["failed_attempts"], "by_error": dict(_errors)}
+
+
 def snapshot() -> dict[str, Any]:
     with _lock:
-        return {"requests": _counts["requests"], "retried": _counts["retried"],
-                "failed_attempts": _counts["failed_attempts"], "by_error": dict(_errors)}
+        return _now()
+
+
+_taken = _now()
+
+
+def take() -> dict[str, Any]:
+    """What this process counted since the last ``take``, as ``since`` gives it; it is not taken again."""
+    global _taken
+    with _lock:
+        now, before, _taken = _now(), _taken, _now()
+    return _diff(now, before)
 
 
 def since(before: dict[str, Any]) -> dict[str, Any]:
-    now = snapshot()
+    return _diff(snapshot(), before)
+
+
+def _diff(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     by_error = {k: v - before["by_error"].get(k, 0) for k, v in now["by_error"].items()}
     return {"requests": now["requests"] - before["requests"], "retried": now["retried"] - before["retried"],
             "failed_attempts": now["failed_attempts"] - before["failed_attempts"],

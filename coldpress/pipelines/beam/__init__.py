@@ -50,8 +50,9 @@ Choices, and why:
 
 Modules: ``options`` (pipeline options, runner, codec sharing, output tags), ``read``
 (``ReadImages``, input listings), ``encode`` (``EncodeImages``, ``CodecModelHandler``), ``write``
-(``WriteArchive``), ``restore`` (``RestoreImages``; ``_DecodeAndWrite`` is the one place a worker
-decodes a row) and ``jobs`` (``encode_beam``, ``restore_beam``).
+(``WriteArchive``; ``TakeRetries``: the workers' storage retries, for its manifest), ``restore``
+(``RestoreImages``; ``_DecodeAndWrite`` is the one place a worker decodes a row) and ``jobs``
+(``encode_beam``, ``restore_beam``).
 """
 
 from coldpress.pipelines.beam.encode import CodecModelHandler, EncodeImages
@@ -65,6 +66,7 @@ from coldpress.pipelines.beam.options import (
     IMAGES,
     REJECTED,
     RESTORED,
+    RETRIES,
     CodecSharingOptions,
     make_pipeline,
     pipeline_options,
@@ -79,11 +81,12 @@ from coldpress.pipelines.beam.read import (
     write_listing,
 )
 from coldpress.pipelines.beam.restore import RestoreImages
-from coldpress.pipelines.beam.write import WriteArchive
+from coldpress.pipelines.beam.write import TakeRetries, WriteArchive
 
 __all__ = [
     "ARCHIVED", "DEFAULT_BATCH_SIZE", "DEFAULT_RUNNER", "ENGINE", "FAILED", "IMAGES", "LISTING_DIR", "LISTING_PART_ROWS",
-    "REJECTED", "RESTORED", "CodecModelHandler", "CodecSharingOptions", "EncodeImages", "InputListing", "ReadImages",
-    "RestoreImages", "WriteArchive", "encode_beam", "make_pipeline", "pipeline_options", "remove_listing",
+    "REJECTED", "RESTORED", "RETRIES", "CodecModelHandler", "CodecSharingOptions", "EncodeImages", "InputListing",
+    "ReadImages", "RestoreImages", "TakeRetries", "WriteArchive", "encode_beam", "make_pipeline", "pipeline_options",
+    "remove_listing",
     "restore_beam", "restore_outcome", "write_listing", "_ReadListing",
 ]

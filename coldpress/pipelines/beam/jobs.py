@@ -16,16 +16,17 @@ from coldpress.codec.base import Codec, check_bpp
 from coldpress.codec.registry import rebuildable
 from coldpress.defaults import DEFAULT_CODEC, DEFAULT_RESTORE_FORMAT
 from coldpress.errors import ArchiveError
+from coldpress.transforms import retries
 from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, open_archive, read_manifest
 from coldpress.transforms.archive.lease import leased
 from coldpress.transforms.plan import (check_strict, join_destination, plan_encode, resolve_codec,
     restore_failures_error, run_manifest)
 from coldpress.transforms.sources import filesystem_for
 from coldpress.pipelines.beam.options import (ENGINE, DEFAULT_RUNNER, DEFAULT_BATCH_SIZE, IMAGES, ARCHIVED,
-    REJECTED, RESTORED, FAILED, graph_storage_options, pipeline_options, make_pipeline, _runner_name, _sharing)
+    REJECTED, RESTORED, FAILED, RETRIES, graph_storage_options, pipeline_options, make_pipeline, _runner_name, _sharing)
 from coldpress.pipelines.beam.read import InputListing, ReadImages, write_listing, remove_listing
 from coldpress.pipelines.beam.encode import EncodeImages
-from coldpress.pipelines.beam.write import WriteArchive
+from coldpress.pipelines.beam.write import TakeRetries, WriteArchive
 from coldpress.pipelines.beam.restore import RestoreImages
 
 
@@ -105,6 +106,10 @@ def _run_encode(options: PipelineOptions, listing: InputListing, storage_options
     with make_pipeline(options) as p:
         encode_graph(p, listing, storage_options, the_codec, codec_spec, codec_options, bpp, max_batch_size,
                      large_model, copies, threads, dst, rows_per_shard, extra, launched)
+        # The launcher's storage calls so far (planning, the graph) are not the workers': FnApiRunner in
+        # memory runs the workers in this process, and they take its counts from here on (the job runs
+        # when this block ends).
+        retries.take()
 
 
 def encode_graph(p: beam.Pipeline, listing: InputListing, storage_options: Mapping[str, Any] | None,
@@ -117,7 +122,9 @@ def encode_graph(p: beam.Pipeline, listing: InputListing, storage_options: Mappi
         codec_spec, bpp, codec_options=codec_options, max_batch_size=max_batch_size,
         large_model=large_model, model_copies=copies, torch_threads=threads)
     rejected = (read[REJECTED], encoded[REJECTED]) | "Gather every rejection" >> beam.Flatten()
-    _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected}
+    # Fused with the reads and the encode: what storage made them retry, taken when each bundle ends.
+    counted = encoded[ARCHIVED] | "Take the storage retries of the reads" >> beam.ParDo(TakeRetries())
+    _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected, RETRIES: counted}
          | "Write the archive" >> WriteArchive(dst, storage_options, rows_per_shard=rows_per_shard,
                                                manifest_extra=extra, launched=launched))
 

@@ -20,6 +20,8 @@ DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_BATCH_SIZE = 4
 #: Tags of the outputs of ReadImages, EncodeImages and RestoreImages.
 IMAGES, ARCHIVED, REJECTED, RESTORED, FAILED = "images", "archived", "rejected", "restored", "failed"
+#: Optional input of WriteArchive: the workers' storage retries (``write.TakeRetries``).
+RETRIES = "storage_retries"
 
 
 class CodecSharingOptions(PipelineOptions):

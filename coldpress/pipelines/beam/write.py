@@ -1,4 +1,5 @@
-"""WriteArchive: archived rows cut into deterministic shards, then the rejected table and the manifest."""
+"""WriteArchive: archived rows cut into deterministic shards, then the rejected table and the manifest,
+which counts the storage retries of every worker (``TakeRetries``, ``transforms.retries``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,28 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
+from coldpress.transforms import retries
 from coldpress.transforms.archive import (DEFAULT_BYTES_PER_SHARD, DEFAULT_ROWS_PER_SHARD, ArchiveWriter,
     next_shard_index, write_shard)
 from coldpress.transforms.sources import filesystem_for
-from coldpress.pipelines.beam.options import ENGINE, ARCHIVED, REJECTED, graph_storage_options
+from coldpress.pipelines.beam.options import ENGINE, ARCHIVED, REJECTED, RETRIES, graph_storage_options
+
+
+class TakeRetries(beam.DoFn):
+    """Applied to any output of a stage that calls object storage (the reads and the encode): when
+    each bundle ends, the storage retries its process counted since it last took them
+    (``retries.take``) leave as one element, for WriteArchive's ``storage_retries`` input. Taken
+    counts are each taken once, so it does not matter which bundle of a process takes them."""
+
+    def process(self, element: Any):
+        return ()
+
+    def finish_bundle(self):
+        seen = retries.take()
+        if seen["requests"] or seen["failed_attempts"]:
+            yield GlobalWindows.windowed_value(seen)
 
 
 class _ShardStarts(beam.CombineFn):
@@ -56,7 +74,8 @@ def _shard_of(row: Mapping[str, Any], starts: list[str]) -> tuple[int, Mapping[s
 
 
 class _WriteShard(beam.DoFn):
-    """(shard number, rows) -> (shard description, its ids), written with ``archive.write_shard``."""
+    """(shard number, rows) -> (shard description, its ids, the storage retries its process counted
+    since it last took them: this write's, ``retries.take``), written with ``archive.write_shard``."""
 
     def __init__(self, dst: str, storage_options: Mapping[str, Any] | None, first_index: int) -> None:
         self._dst, self._storage_options, self._first = dst, dict(storage_options or {}) or None, first_index
@@ -69,7 +88,7 @@ class _WriteShard(beam.DoFn):
         rows = list(rows)
         # overwrite: a retried bundle rewrites the same rows under the same name
         info = write_shard(self._dst, self._first + number, rows, overwrite=True, filesystem=self._fs)
-        yield info, sorted(row["id"] for row in rows)
+        yield info, sorted(row["id"] for row in rows), retries.take()
 
 
 class _FinishArchive(beam.DoFn):
@@ -80,10 +99,14 @@ class _FinishArchive(beam.DoFn):
         self._dst, self._storage_options = dst, dict(storage_options or {}) or None
         self._extra, self._launched = dict(manifest_extra), launched
 
-    def process(self, shards: list[tuple[dict[str, Any], list[str]]], rejected: list[dict[str, Any]]):
+    def process(self, shards: list[tuple[dict[str, Any], list[str], dict[str, Any]]], rejected: list[dict[str, Any]],
+                counted: list[dict[str, Any]] = ()):
+        gathered = retries.zero()  # the workers' retries: the shard writes', those taken by TakeRetries ...
+        for seen in [s[2] for s in shards] + list(counted) + [retries.take()]:  # ... and this process's not taken yet
+            gathered = retries.add(gathered, seen)
         fs, _ = filesystem_for(self._dst, self._storage_options)
-        writer = ArchiveWriter(self._dst, filesystem=fs)
-        for info, ids in sorted(shards, key=lambda s: s[0]["name"]):
+        writer = ArchiveWriter(self._dst, filesystem=fs)  # counts its own calls from here
+        for info, ids, _ in sorted(shards, key=lambda s: s[0]["name"]):
             writer.adopt_shard(info, ids)
         for row in sorted(rejected, key=lambda r: r["id"]):
             writer.add_rejected(row)
@@ -91,7 +114,10 @@ class _FinishArchive(beam.DoFn):
         if self._launched is not None:
             extra["started_at"] = _dt.datetime.fromtimestamp(self._launched, _dt.timezone.utc).isoformat()
             extra["elapsed_s"] = round(time.time() - self._launched, 3)
-        yield writer.close(extra)
+        extra["worker_storage_retries"] = gathered
+        manifest = writer.close(extra)
+        retries.take()  # the writer's own calls are in the manifest: never taken into another one
+        yield manifest
 
 
 class WriteArchive(beam.PTransform):
@@ -102,6 +128,10 @@ class WriteArchive(beam.PTransform):
     worker with ``archive.write_shard``, under indexes after the shards already in ``dst``. Then one
     worker writes the rejected table (merged with earlier runs') and the manifest through
     ArchiveWriter. ``manifest_extra`` are the engine's manifest keys (``plan.run_manifest``).
+
+    The manifest's ``storage_retries`` sum what the shard writes, the writer of the manifest and
+    the optional ``storage_retries`` input (``TakeRetries`` applied to the stages that read and
+    encode; ``encode_beam`` does) counted (``transforms.retries``).
     """
 
     def __init__(self, dst: str, storage_options: Mapping[str, Any] | None = None, *,
@@ -117,6 +147,7 @@ class WriteArchive(beam.PTransform):
 
     def expand(self, rows):
         archived, rejected = rows[ARCHIVED], rows[REJECTED]
+        counted = rows.get(RETRIES)
         fs, _ = filesystem_for(self._dst, self._storage_options)
         first_index = next_shard_index(self._dst, filesystem=fs)
         starts = (archived
@@ -130,4 +161,4 @@ class WriteArchive(beam.PTransform):
                 | "Gather the shard descriptions" >> beam.combiners.ToList()
                 | "Write the rejected table and manifest" >> beam.ParDo(
                     _FinishArchive(self._dst, self._storage_options, self._extra, self._launched),
-                    beam.pvalue.AsList(rejected)))
+                    beam.pvalue.AsList(rejected), *([beam.pvalue.AsList(counted)] if counted is not None else [])))
