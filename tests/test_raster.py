@@ -406,3 +406,37 @@ def test_shared_naip_bbox_restore_matches_the_request_within_a_pixel(geo_restore
             c, r = map(round, ~whole.transform * (ds.bounds.left, ds.bounds.top))
             with rasterio.open(tmp_path / folder / name) as part:
                 assert np.array_equal(part.read(), whole.read(window=((r, r + part.height), (c, c + part.width))))
+
+
+@pytest.mark.parametrize("case", ["no-nodata", "nodata-uint16", "nodata-uint8", "internal-mask", "float-nodata"])
+def test_tile_masks_equal_gdals_on_windows_off_the_blocks(case):
+    """_read_tile computes the masks from the pixels where GDAL derives them from the pixels (it would
+    read every unaligned window a second time); they equal what GDAL reads, and files with a real mask
+    band (or float nodata) still take GDAL's masks."""
+    from rasterio.windows import Window
+
+    from coldpress.transforms.raster.encode import _masks_from_pixels, _read_tile
+
+    rng = np.random.default_rng(5)
+    dtype = {"nodata-uint16": np.uint16, "float-nodata": np.float32}.get(case, np.uint8)
+    data = rng.integers(0, 200, size=(3, 300, 280)).astype(dtype)
+    nodata = None if case in ("no-nodata", "internal-mask") else 7
+    if nodata is not None:
+        data[0, :40, :] = nodata          # one band's own nodata
+        data[:, 100:130, 50:90] = nodata  # every band's
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=280, height=300, count=3, dtype=data.dtype.name, crs=CRS_UTM,
+                      transform=TRANSFORM, nodata=nodata, tiled=True, blockxsize=256, blockysize=256) as ds:
+            ds.write(data)
+            if case == "internal-mask":
+                mask = np.full((300, 280), 255, np.uint8)
+                mask[10:60, 200:] = 0
+                ds.write_mask(mask)
+        with mem.open() as ds:
+            derived = _masks_from_pixels(ds, ds.read(window=Window(0, 0, 8, 8)))
+            assert (derived is None) == (case in ("internal-mask", "float-nodata"))
+            for win in [(0, 0, 264, 264), (248, 248, 32, 52), (120, 30, 150, 264)]:
+                _, dataset_valid, band_valid = _read_tile(ds, win, "t.tif")
+                w = Window(*win)
+                np.testing.assert_array_equal(band_valid, ds.read_masks(window=w) > 0)
+                np.testing.assert_array_equal(dataset_valid, (ds.dataset_mask(window=w) > 0) & band_valid.any(0))
