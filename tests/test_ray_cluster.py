@@ -66,14 +66,6 @@ def _encode_in_background(src: Path, dst: Path) -> tuple[threading.Thread, dict]
     return thread, result
 
 
-def _wait_for_shards(dst: Path, count: int, thread: threading.Thread, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while len(list(dst.glob("part-*.parquet"))) < count and thread.is_alive():
-        assert time.monotonic() < deadline, "no shard appeared in time"
-        time.sleep(0.05)
-    assert thread.is_alive(), "the encode finished before the fault could be injected"
-
-
 def _check_exactly_once(dst: Path, result: dict) -> None:
     assert "error" not in result, result.get("error")
     manifest = result["manifest"]
@@ -83,26 +75,49 @@ def _check_exactly_once(dst: Path, result: dict) -> None:
 
 
 def test_worker_node_killed_mid_encode(cluster, src, tmp_path):
-    worker = cluster.add_node(num_cpus=2, object_store_memory=128 << 20)
+    # The driver joins before the worker node exists, so that it attaches to the head node's raylet: a
+    # driver attached to the worker's raylet (both run on this machine's address) dies with that node.
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    worker = cluster.add_node(num_cpus=2, object_store_memory=128 << 20)
     cluster.wait_for_nodes()
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     dst = tmp_path / "archive"
     thread, result = _encode_in_background(src, dst)
-    _wait_for_shards(dst, 2, thread)
+    _busy_encoder_pid(thread, worker)  # the worker node is encoding: lose it now
     cluster.remove_node(worker, allow_graceful=False)
     thread.join(timeout=240)
     assert not thread.is_alive(), "the encode did not finish after the node was lost"
     _check_exactly_once(dst, result)
 
 
-def _encoder_pids() -> list[int]:
-    pids = []
+def _ray_process_titles() -> dict[int, str]:
+    titles = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::") and "_Encoder" in cmdline:
-            pids.append(proc.info["pid"])
-    return pids
+        if cmdline.startswith("ray::"):
+            titles[proc.info["pid"]] = cmdline
+    return titles
+
+
+def _busy_encoder_pid(thread: threading.Thread, node=None, timeout: float = 120) -> int:
+    """The process of an encode actor (Ray Data's map worker of ``_Encoder``) while it encodes a batch
+    (its title ends in ``.submit``), on ``node`` (a cluster node) when given, found while the encode
+    runs. Shards are written after the encode stage, so waiting for a shard could find the actors gone."""
+    raylets = {p.process.pid for p in node.all_processes["raylet"]} if node is not None else None
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        for pid, title in _ray_process_titles().items():
+            if "_Encoder" in title and ".submit" in title:
+                try:
+                    ancestors = {p.pid for p in psutil.Process(pid).parents()}
+                except psutil.NoSuchProcess:
+                    continue
+                if raylets is None or ancestors & raylets:
+                    return pid
+        time.sleep(0.02)
+    raise AssertionError("no encode actor was seen encoding" + (" on the worker node" if node else "")
+                         + " before the encode ended; Ray processes: "
+                         f"{sorted({t.strip() for t in _ray_process_titles().values()})}")
 
 
 def test_encode_actor_killed_mid_encode(cluster, src, tmp_path):
@@ -110,10 +125,7 @@ def test_encode_actor_killed_mid_encode(cluster, src, tmp_path):
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     dst = tmp_path / "archive"
     thread, result = _encode_in_background(src, dst)
-    _wait_for_shards(dst, 2, thread)
-    pids = _encoder_pids()
-    assert pids, "no encode actor process found"
-    os.kill(pids[0], signal.SIGKILL)
+    os.kill(_busy_encoder_pid(thread), signal.SIGKILL)
     thread.join(timeout=240)
     assert not thread.is_alive(), "the encode did not finish after the actor was killed"
     _check_exactly_once(dst, result)
