@@ -14,6 +14,24 @@ import uuid
 import pytest
 
 
+#: Modules whose every test runs a Ray instance or cluster, and the word that marks a Ray test elsewhere
+#: (test_ray_engine_..., test_ray_beam_...). Under pytest-xdist (scripts/test.sh: -n 2 --dist loadgroup)
+#: they all run in one worker process, one after another: they count and kill Ray's processes on this
+#: machine, and a test cluster leaves its address in /tmp/ray, so two Ray instances must not overlap.
+RAY_MODULES = {"test_ray", "test_ray_cluster", "test_ray_connect", "test_raster_engines", "test_engine_parity"}
+
+
+def _uses_ray(item: pytest.Item) -> bool:
+    module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    return module in RAY_MODULES or "ray" in item.originalname.split("_")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _uses_ray(item):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 def _storage_options(endpoint_url: str) -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint_url}, "skip_instance_cache": True}
 
