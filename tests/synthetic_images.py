@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -70,3 +72,17 @@ def model_file(folder, model_id: str = "test-model-file", source: str | None = N
     path = Path(folder) / f"{model_id}.safetensors"
     save_file(tensors, str(path), metadata=meta)
     return path
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with torch on ``n`` threads (the reproducibility tests compare this process on 2
+    threads with a child process on 1: another process and another thread count at once)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
