@@ -2,7 +2,7 @@
 
 Plain photographs go through Pillow (``transforms/read.py``). A source is archived as a *raster*
 (``is_raster``) when GDAL opens it and it is georeferenced (a CRS, GCPs or RPCs), is JPEG 2000, has
-more than 4 bands, or has several bands of a type other than uint8; ``transforms/records.py`` also
+more than 4 bands, or has several bands of a type other than uint8; ``transforms/records/encode.py`` also
 tries GDAL on a file Pillow cannot open. A raster row has ``mode`` ``"RASTER"``, its ``metadata``
 JSON holds everything a GIS needs under the key ``"raster"`` (``raster_metadata``), and its
 ``bitstream`` is a *raster package* (``CPRT``, docs/FORMAT.md):
