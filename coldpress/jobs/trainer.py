@@ -74,6 +74,7 @@ def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) 
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: torch.device) -> list[dict]:
     """Estimated rate (from likelihoods) and PSNR of whole images at rate knobs ``qs``."""
     model.eval()
