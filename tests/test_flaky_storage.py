@@ -166,6 +166,17 @@ def test_retries_are_counted_in_the_manifest(s3_server, s3_bucket, monkeypatch):
     assert quiet["retried"] == quiet["failed_attempts"] <= 3, quiet
 
 
+def _assert_the_manifest_counts_the_injected_faults(manifest: dict, proxy: FaultyS3, n: int) -> None:
+    """Every input archived, and the manifest's storage_retries count exactly the 503/500 answers the
+    proxy injected, each a failed attempt that was retried."""
+    counts = manifest["storage_retries"]
+    print("proxy", dict(proxy.counts), "manifest", counts)
+    assert manifest["archived"] == n and proxy.injected >= 2
+    five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
+    assert five == proxy.injected, (counts, proxy.counts)
+    assert counts["retried"] == counts["failed_attempts"]
+
+
 def test_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
     """Faults only on the sources' GETs, which the local engine's worker processes make: the manifest
     counts exactly the faults injected (each a failed attempt, retried), gathered from the workers."""
@@ -201,12 +212,7 @@ def test_ray_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch
                                   storage_options=client_options(proxy.url), progress=False)
     finally:
         ray.shutdown()
-    counts = manifest["storage_retries"]
-    print("proxy", dict(proxy.counts), "manifest", counts)
-    assert manifest["archived"] == N and proxy.injected >= 2
-    five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
-    assert five == proxy.injected, (counts, proxy.counts)
-    assert counts["retried"] == counts["failed_attempts"]
+    _assert_the_manifest_counts_the_injected_faults(manifest, proxy, N)
 
 
 def test_beam_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
@@ -223,9 +229,4 @@ def test_beam_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatc
         manifest = encode_beam(f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive", codec="jpeg", bpp=2.0,
                                storage_options=client_options(proxy.url), progress=False,
                                pipeline_args=["--direct_num_workers=1"])
-    counts = manifest["storage_retries"]
-    print("proxy", dict(proxy.counts), "manifest", counts)
-    assert manifest["archived"] == n and proxy.injected >= 2
-    five = sum(v for k, v in counts["by_error"].items() if k in ("SlowDown", "InternalError", "500", "503"))
-    assert five == proxy.injected, (counts, proxy.counts)
-    assert counts["retried"] == counts["failed_attempts"]
+    _assert_the_manifest_counts_the_injected_faults(manifest, proxy, n)

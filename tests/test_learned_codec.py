@@ -177,15 +177,11 @@ def test_entropy_parameters_do_not_depend_on_thread_count(codec, photo):
     y = codec.analysis(photo, 8)
     z = codec.net.h_a(y)
     z_hat = codec.net.entropy_bottleneck.decompress(codec.net.entropy_bottleneck.compress(z), z.shape[-2:])
-    before = torch.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    results = []
+    for threads in (1, 2):
+        with torch_threads(threads):
             means, scales = codec.loaded.hyper_parameters(z_hat)
             results.append((means, codec.loaded.scale_indexes(scales)))
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
@@ -261,14 +257,10 @@ def test_context_parameters_do_not_depend_on_thread_count(codec, photo):
     z_hat = codec.net.entropy_bottleneck.decompress(codec.net.entropy_bottleneck.compress(z), z.shape[-2:])
     means, scales = codec.loaded.hyper_parameters(z_hat)
     anchors_hat = torch.round(y - means) + means
-    before = torch.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    results = []
+    for threads in (1, 2):
+        with torch_threads(threads):
             results.append(codec.loaded.context_parameters(anchors_hat, means, scales))
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
