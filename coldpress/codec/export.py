@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from coldpress.codec.fixedpoint import FixedPointStack
 from coldpress.codec.models import (
+    CHANNEL_PREFIX,
     CONTEXT_PREFIX,
     FIXED_PREFIX,
+    ORDER_KEY,
     PARAMS_PREFIX,
     PRECISION_KEY,
     TILING_KEY,
@@ -28,7 +30,14 @@ from coldpress.codec.models import (
     file_sha256,
     load_weights,
 )
-from coldpress.codec.networks import ExtremeCodecNet, NetConfig, anchor_mask, count_parameters, scale_table
+from coldpress.codec.networks import (
+    ExtremeCodecNet,
+    NetConfig,
+    anchor_mask,
+    count_parameters,
+    latent_passes,
+    scale_table,
+)
 
 # Tensors kept in float32: the entropy models (their quantiles and tables define the bitstream).
 _KEEP_FP32 = ("entropy_bottleneck.", "gaussian_conditional.", "gains.")
@@ -75,7 +84,34 @@ def fixed_point_stacks(net: ExtremeCodecNet, latents: list[tuple[torch.Tensor, t
             param_inputs.append(torch.cat([means, scales, context64(anchors_hat)], dim=1))
         stacks[CONTEXT_PREFIX] = FixedPointStack.from_float(net.context.context, ctx_inputs, input_frac_bits=None)
         stacks[PARAMS_PREFIX] = FixedPointStack.from_float(net.context.params, param_inputs, input_frac_bits=None)
+    if net.cfg.slices:
+        stacks.update(_channel_stacks(net, hs, latents))
     return stacks
+
+
+@torch.no_grad()
+def _channel_stacks(net: ExtremeCodecNet, hs: FixedPointStack, latents) -> dict[str, FixedPointStack]:
+    """Fixed-point channel-context networks, calibrated on the inputs each sees in the coding passes
+    (float64 copies of the contexts, the latents rounded around each pass's means as the coder does)."""
+    cc = copy.deepcopy(net.channel_context).double()
+    spatial = copy.deepcopy(net.context).double()
+    inputs: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def channel(which, k, earlier, m, s):
+        inputs.setdefault((which, k), []).append(torch.cat([earlier, m, s], dim=1))
+        return cc.refine(which, k, earlier, m, s)
+
+    bounds = [0]
+    for n in net.cfg.slices:
+        bounds.append(bounds[-1] + n)
+    for y, z_hat in latents:
+        means, scales = hs(z_hat).chunk(2, dim=1)
+        y_p = y.double()[:, cc.order]
+        latent_passes(means, scales, net.cfg.slices, cc.order, spatial, channel,
+                      lambda which, k, m, s: torch.round(y_p[:, bounds[k]:bounds[k + 1]] - m) + m)
+    return {f"{CHANNEL_PREFIX}{which}.{k}.": FixedPointStack.from_float(
+                getattr(net.channel_context, which)[k - 1], inputs[(which, k)], input_frac_bits=None)
+            for which, k in sorted(inputs)}
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibration: list[np.ndarray],
@@ -88,7 +124,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
     stacks = fixed_point_stacks(net, calibration_latents(net, calibration))
     tensors = {}
     for k, v in net.state_dict().items():
-        if k.startswith(("h_s.", "context.")):
+        if k.startswith(("h_s.", "context.", "channel_context.")):
             continue
         v = v.detach().cpu().contiguous()
         if v.is_floating_point() and not k.startswith(_KEEP_FP32):
@@ -97,6 +133,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
     for prefix, stack in stacks.items():
         for k, v in stack.state_dict().items():
             tensors[prefix + k] = v.detach().cpu().contiguous()
+    if net.cfg.slices:
+        tensors[ORDER_KEY] = net.channel_context.order.detach().cpu().to(torch.int64).contiguous()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{model_id}.safetensors"
@@ -112,6 +150,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
         "hyper-synthesis (h_s, fixed point)": count_parameters(net.h_s),
         "decoder (g_s)": count_parameters(net.g_s),
         **({"checkerboard context (fixed point)": count_parameters(net.context)} if hasattr(net, "context") else {}),
+        **({"channel context (fixed point)": count_parameters(net.channel_context)} if net.cfg.slices else {}),
         "total": count_parameters(net),
     }
     lines = [
@@ -120,7 +159,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, model_id: str, calibrati
         "hyperprior on compressai's entropy models with a fixed-point hyper-synthesis (bit-exact entropy",
         "parameters on every device), gain units for one continuous rate knob, and a coarse decoder."
         + (" Latents are coded in two checkerboard passes: the second uses parameters refined from the"
-           " decoded anchors (a fixed-point spatial context)." if net.cfg.context == "checkerboard" else ""), "",
+           " decoded anchors (a fixed-point spatial context)." if net.cfg.context == "checkerboard" else "")
+        + (f" Channels are coded in slices of {', '.join(map(str, net.cfg.slices))} (ELIC's channel context: each"
+           " slice's parameters are corrected from the slices before it, in both passes; one rANS stream)."
+           if net.cfg.slices else ""), "",
         f"- weights: `{path.name}`, sha256 `{digest}`, {path.stat().st_size / 1e6:.1f} MB (float16 networks)",
         f"- architecture: `{meta['config']}`",
         f"- decode tiling: {tiling.tile} px tiles with a {tiling.halo} px halo (covers the decoder's receptive "

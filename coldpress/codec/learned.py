@@ -9,7 +9,8 @@ checkerboard context code the latent in two passes (anchors, then the rest with 
 from the decoded anchors, also in fixed point).
 
 Payload: varint(len(z)) z y for hyperprior-only models; varint(len(z)) z varint(len(y_anchors))
-y_anchors y_others for checkerboard models (the model id in the container says which).
+y_anchors y_others for checkerboard models; varint(len(z)) z y_passes for models with a channel context
+(every pass in one rANS stream, ``slice_coding.py``). The model id in the container says which.
 
 Rate control: for each candidate scale (largest first), the highest knob ``q`` whose real bitstream
 fits the byte budget, found by predicting the knob from the codings so far (log size is close to linear
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from coldpress.codec import slice_coding
 from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
 from coldpress.codec.models import LoadedModel, load_model
@@ -179,6 +181,8 @@ class LearnedCodec(Codec):
         the model has a checkerboard context."""
         loaded = self.loaded
         means, scales = loaded.hyper_parameters(z_hat)
+        if loaded.has_slices:
+            return slice_coding.parameters(loaded, y, means, scales)
         if loaded.has_context:
             anchor = anchor_mask(*y.shape[-2:])
             c_means, c_scales = loaded.context_parameters(torch.round(y - means) + means, means, scales)
@@ -192,10 +196,13 @@ class LearnedCodec(Codec):
         with self._lock:
             z_strings = net.entropy_bottleneck.compress(z)
             z_hat = net.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        head = varint(len(z_strings[0])) + z_strings[0]
+        if loaded.has_slices:
+            means, scales = loaded.hyper_parameters(z_hat)
+            return head + slice_coding.encode(loaded, y, means, scales)
         means, scales = self._latent_parameters(y, z_hat)
         indexes = loaded.scale_indexes(scales)
         gc = net.gaussian_conditional
-        head = varint(len(z_strings[0])) + z_strings[0]
         if not loaded.has_context:
             with self._lock:
                 return head + gc.compress(y, indexes, means=means)[0]
@@ -227,6 +234,8 @@ class LearnedCodec(Codec):
         with self._lock:
             z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
         means, scales = loaded.hyper_parameters(z_hat)
+        if loaded.has_slices:
+            return slice_coding.decode(loaded, payload[pos:], means, scales)
         if not loaded.has_context:
             with self._lock:
                 return gc.decompress([payload[pos:]], loaded.scale_indexes(scales), means=means)

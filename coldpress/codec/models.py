@@ -28,6 +28,7 @@ from coldpress.codec.networks import (
     ExtremeCodecNet,
     NetConfig,
     anchor_mask,
+    latent_passes,
     scale_table,
     synthesis_receptive_radius,
 )
@@ -38,7 +39,9 @@ REGISTRY_FILE = WEIGHTS_DIR / "MODELS.json"
 FIXED_PREFIX = "hs_fixed."
 CONTEXT_PREFIX = "ctx_fixed."  # the context convolution of a checkerboard model
 PARAMS_PREFIX = "ep_fixed."  # its parameter network
-_FIXED_PREFIXES = (FIXED_PREFIX, CONTEXT_PREFIX, PARAMS_PREFIX)
+CHANNEL_PREFIX = "ch_fixed."  # the channel context's networks: ch_fixed.anchor.<k>. and ch_fixed.other.<k>.
+ORDER_KEY = "ch_order"  # the channel context's coding order of the latent's channels
+_FIXED_PREFIXES = (FIXED_PREFIX, CONTEXT_PREFIX, PARAMS_PREFIX, CHANNEL_PREFIX)
 _CACHE: dict[tuple[str, str], "LoadedModel"] = {}
 #: Folders (separated by os.pathsep) holding exported models that are not shipped, one weights file
 #: ``<model id>.safetensors`` each: how bitstreams of a model given as a file find it at restore time.
@@ -123,6 +126,10 @@ class LoadedModel:
     ep_fixed: FixedPointStack | None = None
     decode_tiling: DecodeTiling = LEGACY_DECODE_TILING
     decode_precision: str = "float64"
+    #: The channel context (models with channel slices): fixed-point networks by stack name
+    #: ("anchor.<k>", "other.<k>") and the coding order of the channels; None otherwise.
+    channel_fixed: dict[str, FixedPointStack] | None = None
+    channel_order: torch.Tensor | None = None
     #: Guards the entropy coders of ``net`` (compressai's are not re-entrant), shared by every codec
     #: instance of this model.
     coder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -157,9 +164,31 @@ class LoadedModel:
         d_means, d_scales = self.ep_fixed(torch.cat([means.to(dev), scales.to(dev), ctx], dim=1)).chunk(2, dim=1)
         return means + d_means.cpu(), scales + d_scales.cpu()
 
+    @property
+    def has_slices(self) -> bool:
+        return self.channel_fixed is not None
+
+    @torch.no_grad()
+    def channel_parameters(self, which: str, k: int, earlier: torch.Tensor, means: torch.Tensor,
+                           scales: torch.Tensor):
+        """(means, scales) of slice k in pass ``which`` ("anchor" or "other") corrected from the earlier
+        slices' y_hat (float64, on CPU; exact fixed point plus one float64 addition, as the others)."""
+        stack = self.channel_fixed[f"{which}.{k}"]
+        dev = stack.w0.device
+        d_means, d_scales = stack(torch.cat([earlier, means, scales], dim=1).to(dev)).chunk(2, dim=1)
+        return means + d_means.cpu(), scales + d_scales.cpu()
+
+    def sliced_passes(self, means: torch.Tensor, scales: torch.Tensor, code):
+        """``networks.latent_passes`` with this model's exact networks (see there for ``code``)."""
+        return latent_passes(means, scales, self.net.cfg.slices, self.channel_order, self.context_parameters,
+                             self.channel_parameters, code)
+
     def card_summary(self) -> dict:
-        return {"model_sha256": self.sha256, "latent_stride": self.net.cfg.latent_stride,
-                "context": self.net.cfg.context}
+        summary = {"model_sha256": self.sha256, "latent_stride": self.net.cfg.latent_stride,
+                   "context": self.net.cfg.context}
+        if self.has_slices:
+            summary["channel_slices"] = list(self.net.cfg.slices)
+        return summary
 
 
 def model_files() -> dict[str, Path]:
@@ -230,8 +259,13 @@ def build(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device):
         fixed[CONTEXT_PREFIX] = _fixed_like(net.context.context)
         fixed[PARAMS_PREFIX] = _fixed_like(net.context.params)
         net.context = nn.Identity()
-    net_sd = {k: v for k, v in tensors.items() if not k.startswith(_FIXED_PREFIXES)}
-    expected = set(net.state_dict())
+    if cfg.slices:
+        for which in ("anchor", "other"):
+            for k, module in enumerate(getattr(net.channel_context, which), start=1):
+                fixed[f"{CHANNEL_PREFIX}{which}.{k}."] = _fixed_like(module)
+        net.channel_context = nn.Identity()
+    net_sd = {k: v for k, v in tensors.items() if not k.startswith(_FIXED_PREFIXES) and k != ORDER_KEY}
+    expected = set(net.state_dict()) | ({ORDER_KEY} if cfg.slices else set())
     for prefix, module in fixed.items():
         expected |= {prefix + k for k in module.state_dict()}
     if set(tensors) != expected:
@@ -245,6 +279,12 @@ def build(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device):
     for prefix, module in fixed.items():
         module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
         module.to(device)
+    if cfg.slices:
+        order = tensors[ORDER_KEY].long()
+        if sorted(order.tolist()) != list(range(cfg.latent_channels)):
+            raise ColdpressError("the weights' channel order is not a permutation of the latent's channels: the file "
+                                 "is damaged; reinstall coldpress or re-export the model")
+        fixed[ORDER_KEY] = order
     synthesis64 = copy.deepcopy(net.g_s).double()
     net.eval()
     synthesis64.eval()
@@ -281,6 +321,8 @@ def load_model(model: str | None = None, device: torch.device | str = "cpu") -> 
             model_id=model_id or meta.get("model_id", path.stem), sha256=digest, path=path, net=net,
             hs_fixed=fixed[FIXED_PREFIX], synthesis64=synthesis64, metadata=meta,
             ctx_fixed=fixed.get(CONTEXT_PREFIX), ep_fixed=fixed.get(PARAMS_PREFIX),
+            channel_fixed={k[len(CHANNEL_PREFIX):-1]: v for k, v in fixed.items() if k.startswith(CHANNEL_PREFIX)}
+            or None, channel_order=fixed.get(ORDER_KEY),
             decode_tiling=_recorded_tiling(entry, meta), decode_precision=_recorded_precision(entry, meta),
         )
         _CACHE[key] = loaded

@@ -11,6 +11,11 @@
   are coded in two passes, anchors (even checkerboard squares) with the hyperprior's parameters, then
   the others with parameters refined from the decoded anchors around them. Convolutions and ReLUs
   only, so it too runs in exact fixed point.
+- ``ChannelContext``: ELIC's channel-conditional context (He et al. 2022) on top of the checkerboard:
+  the latent's channels, in a fixed coding order, are cut into uneven slices (16, 16, 32, 64, 64), and
+  each slice's means and scales are corrected from the slices decoded before it, in both checkerboard
+  passes. 1x1 convolutions and ReLUs only (fixed point, like the other entropy-parameter networks).
+  ``latent_passes`` is the one schedule of those passes that training, the encoder and the decoder share.
 - ``GainUnits``: per-channel gain vectors at K trained rate points, interpolated geometrically for a
   continuous rate knob ``q`` in [0, K-1] (one model for every bitrate).
 - ``ExtremeCodecNet``: the whole trainable model on compressai's EntropyBottleneck and
@@ -51,6 +56,8 @@ class NetConfig:
     rate_points: int = 6
     lambdas: tuple[float, ...] = (0.00012, 0.00025, 0.0005, 0.001, 0.002, 0.004)
     context: str = "none"  # "none" or "checkerboard"
+    #: Channel slices of ELIC's channel context, in coding order (empty: none; needs the checkerboard).
+    slices: tuple[int, ...] = ()
 
     @property
     def hyper_stride(self) -> int:
@@ -235,6 +242,89 @@ class CheckerboardContext(nn.Module):
         return means + d_means, scales + d_scales
 
 
+#: Width of the hidden layers of the channel context's networks.
+CHANNEL_HIDDEN = 64
+
+
+class ChannelContext(nn.Module):
+    """Corrections to the means and scales of slice k from the slices before it (ELIC's channel context).
+
+    ``order`` (a buffer) is the coding order of the latent's channels: the first slice holds the
+    channels that carry the most bits, so the later, larger slices are predicted from them. For every
+    slice after the first there are two networks, one per checkerboard pass: ``anchor[k-1]`` sees the
+    earlier slices on the anchors only (the rest is not decoded yet), ``other[k-1]`` sees them whole.
+    Input: [earlier slices' y_hat, the slice's current means, its scales]; 1x1 convolutions; the last
+    layer starts at zero, so a new channel context leaves the checkerboard's parameters unchanged.
+    """
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        if sum(cfg.slices) != cfg.latent_channels or min(cfg.slices) < 1:
+            raise ValueError(f"channel slices {cfg.slices} must be positive and add up to the "
+                             f"{cfg.latent_channels} latent channels")
+        if cfg.context != "checkerboard":
+            raise ValueError("the channel context refines the checkerboard's parameters: use context='checkerboard'")
+        self.slices = tuple(cfg.slices)
+        self.register_buffer("order", torch.arange(cfg.latent_channels))
+        self.anchor, self.other = nn.ModuleList(), nn.ModuleList()
+        for k in range(1, len(self.slices)):
+            cin, s = sum(self.slices[:k]) + 2 * self.slices[k], self.slices[k]
+            for nets in (self.anchor, self.other):
+                net = nn.Sequential(conv(cin, CHANNEL_HIDDEN, 1), nn.ReLU(), conv(CHANNEL_HIDDEN, CHANNEL_HIDDEN, 1),
+                                    nn.ReLU(), conv(CHANNEL_HIDDEN, 2 * s, 1))
+                nn.init.zeros_(net[-1].weight)
+                nn.init.zeros_(net[-1].bias)
+                nets.append(net)
+
+    def refine(self, which: str, k: int, earlier: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        nets = self.anchor if which == "anchor" else self.other
+        d_means, d_scales = nets[k - 1](torch.cat([earlier, means, scales], dim=1)).chunk(2, dim=1)
+        return means + d_means, scales + d_scales
+
+
+def latent_passes(means: torch.Tensor, scales: torch.Tensor, slices: tuple[int, ...], order: torch.Tensor,
+                  spatial, channel, code):
+    """The coding schedule of a model with checkerboard and channel contexts; (y_hat, means, scales).
+
+    Passes, in order: the anchors of slice 0, 1, ... (slice 0 with the hyperprior's parameters, the
+    others corrected by ``channel("anchor", k, earlier_anchors, means_k, scales_k)``), then the
+    checkerboard's ``spatial(anchors_hat, means, scales)`` for the non-anchors, then the non-anchors of
+    slice 0, 1, ... (corrected by ``channel("other", k, earlier_slices, ...)``). ``code(which, k,
+    means_k, scales_k)`` codes one pass and returns its y_hat (valid on the pass's positions): the
+    encoder rounds and entropy-codes, the decoder entropy-decodes, training rounds straight-through.
+    Tensors are in channel order ``order`` inside; inputs and results are in the latent's own order.
+    """
+    anchor = anchor_mask(*means.shape[-2:], device=means.device)
+    bounds = [0]
+    for s in slices:
+        bounds.append(bounds[-1] + s)
+    inverse = torch.argsort(order)
+    means_p, scales_p = means[:, order], scales[:, order]
+    a_hat, a_means, a_scales = [], [], []
+    for k in range(len(slices)):
+        m, s = means_p[:, bounds[k]:bounds[k + 1]], scales_p[:, bounds[k]:bounds[k + 1]]
+        if k:
+            m, s = channel("anchor", k, torch.cat(a_hat, dim=1), m, s)
+        a_hat.append(code("anchor", k, m, s) * anchor)
+        a_means.append(m)
+        a_scales.append(s)
+    anchors_hat = torch.cat(a_hat, dim=1)[:, inverse]
+    c_means, c_scales = spatial(anchors_hat, means, scales)
+    c_means, c_scales = c_means[:, order], c_scales[:, order]
+    full, o_means, o_scales = [], [], []
+    for k in range(len(slices)):
+        m, s = c_means[:, bounds[k]:bounds[k + 1]], c_scales[:, bounds[k]:bounds[k + 1]]
+        if k:
+            m, s = channel("other", k, torch.cat(full, dim=1), m, s)
+        full.append(torch.where(anchor, a_hat[k], code("other", k, m, s)))
+        o_means.append(m)
+        o_scales.append(s)
+    y_hat = torch.cat(full, dim=1)[:, inverse]
+    means = torch.where(anchor, torch.cat(a_means, dim=1), torch.cat(o_means, dim=1))[:, inverse]
+    scales = torch.where(anchor, torch.cat(a_scales, dim=1), torch.cat(o_scales, dim=1))[:, inverse]
+    return y_hat, means, scales
+
+
 class GainUnits(nn.Module):
     """K learned gain vectors (and inverse gains); continuous rate knob by geometric interpolation."""
 
@@ -274,6 +364,8 @@ class ExtremeCodecNet(CompressionModel):
             self.context = CheckerboardContext(cfg)
         elif cfg.context != "none":
             raise ValueError(f"unknown context {cfg.context!r}: use 'none' or 'checkerboard'")
+        if cfg.slices:
+            self.channel_context = ChannelContext(cfg)
         self.entropy_bottleneck = EntropyBottleneck(cfg.hyper_latent_channels)
         self.gaussian_conditional = GaussianConditional(None)
 
@@ -300,7 +392,22 @@ class ExtremeCodecNet(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     def context_parameters(self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
-        """Hyperprior (means, scales) on the anchors, context-refined ones on the other latents."""
+        """Hyperprior (means, scales) on the anchors, context-refined ones on the other latents (and,
+        with channel slices, corrected slice by slice from the earlier slices)."""
+        if self.cfg.slices:
+            order = self.channel_context.order
+            y_p = y[:, order]
+            bounds = [0]
+            for s in self.cfg.slices:
+                bounds.append(bounds[-1] + s)
+
+            def code(which, k, m, s):  # straight-through rounding around the pass's means, as coded
+                v = y_p[:, bounds[k]:bounds[k + 1]] - m
+                return v + (torch.round(v) - v).detach() + m
+
+            _, means, scales = latent_passes(means, scales, self.cfg.slices, order, self.context,
+                                             self.channel_context.refine, code)
+            return means, scales
         anchor = anchor_mask(*y.shape[-2:], device=y.device)
         # The decoder sees the anchors as rounded around the hyper means (straight-through here).
         anchors_hat = (y - means) + (torch.round(y - means) - (y - means)).detach() + means

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from coldpress.codec.fixedpoint import FixedPointStack
-from coldpress.codec.networks import anchor_mask
+from coldpress.codec.networks import anchor_mask, latent_passes
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,33 @@ class Refiner:
         self.hs = float_stack(loaded.hs_fixed)
         self.ctx = float_stack(loaded.ctx_fixed) if loaded.has_context else None
         self.ep = float_stack(loaded.ep_fixed) if loaded.has_context else None
+        self.channel = ({name: float_stack(stack) for name, stack in loaded.channel_fixed.items()}
+                        if loaded.has_slices else None)
+
+    def _spatial(self, anchors_hat: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        ctx = run_stack(self.ctx, anchors_hat)
+        d_means, d_scales = run_stack(self.ep, torch.cat([means, scales, ctx], dim=1)).chunk(2, dim=1)
+        return means + d_means, scales + d_scales
+
+    def _channel(self, which: str, k: int, earlier: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        d_means, d_scales = run_stack(self.channel[f"{which}.{k}"], torch.cat([earlier, means, scales], dim=1)).chunk(2, dim=1)
+        return means + d_means, scales + d_scales
+
+    def _sliced_parameters(self, u: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        """(means, scales) of a channel-context model, every pass's latents rounded straight-through
+        around that pass's means (as coded)."""
+        loaded = self.codec.loaded
+        slices, order = loaded.net.cfg.slices, loaded.channel_order
+        u_p = u[:, order]
+        bounds = [0]
+        for n in slices:
+            bounds.append(bounds[-1] + n)
+
+        def code(which, k, m, s):
+            return _ste_round(u_p[:, bounds[k]:bounds[k + 1]] - m) + m
+
+        _, means, scales = latent_passes(means, scales, slices, order, self._spatial, self._channel, code)
+        return means, scales
 
     def loss(self, u: torch.Tensor, x: torch.Tensor, sw: int, sh: int, inv_gain: torch.Tensor, lam: float,
              rounding: str, tau: float, gen: torch.Generator) -> torch.Tensor:
@@ -148,7 +175,9 @@ class Refiner:
         def rnd(v: torch.Tensor) -> torch.Tensor:
             return _sga_round(v, tau, gen) if rounding == "sga" else _ste_round(v)
 
-        if self.ctx is not None:
+        if self.channel is not None:
+            means, scales = self._sliced_parameters(u, means, scales)
+        elif self.ctx is not None:
             anchor = anchor_mask(*u.shape[-2:])
             # The anchors as the decoder sees them (rounded around the hyper means, exactly as coded).
             anchors_hat = (_ste_round(u - means) + means) * anchor

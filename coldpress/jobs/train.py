@@ -51,9 +51,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--context", choices=("none", "checkerboard"),
                    help="spatial context of the latent: a new run gets it; a run without one gets a fresh one "
                         "added (weights kept)")
+    p.add_argument("--slices", type=_slices, metavar="N,N,...",
+                   help="add ELIC's channel context with these channel slices (for example 16,16,32,64,64; they "
+                        "add up to the latent's channels) to a checkerboard run; it starts at no correction")
     p.add_argument("--train-only", choices=("all", "context"), default="all",
-                   help="'context': freeze the transforms and entropy models, train only the checkerboard context "
-                        "on the rate (fast: the decoder is not run)")
+                   help="'context': freeze the transforms and entropy models, train only the contexts (checkerboard "
+                        "and channel) on the rate (fast: the decoder is not run)")
     diffusion = p.add_argument_group("diffusion decoder (--stage diffusion)")
     diffusion.add_argument("--fixed-steps", type=int, default=2, choices=range(0, 6), metavar="K",
                            help="steps of the decode chain fine-tuned end to end each training step (RDEIC's "
@@ -68,6 +71,16 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                            help="a local diffusers folder (unet/, vae/) of a Stable Diffusion checkpoint: train a "
                                 "ControlNet branch on it instead (coldpress.codec.diffusion.backbone)")
     return p
+
+
+def _slices(text: str) -> tuple[int, ...]:
+    try:
+        slices = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        slices = ()
+    if not slices or min(slices) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of positive channel counts such as 16,16,32,64,64")
+    return slices
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

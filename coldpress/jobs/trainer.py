@@ -60,7 +60,8 @@ def rd_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
 
 
 def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
-    """Rate of the latent with the transforms frozen: only the checkerboard context learns (no decoder run)."""
+    """Rate of the latent with the transforms frozen: only the contexts (checkerboard, channel) learn (no
+    decoder run)."""
     with torch.no_grad():
         gain, _ = model.gains(q)
         y = model.g_a(x) * gain
@@ -68,12 +69,29 @@ def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) 
         means, scales = model.h_s(z_hat)
     c_means, c_scales = model.context_parameters(y, means, scales)
     _, y_lik = model.gaussian_conditional(y, c_scales, means=c_means)
-    # The rate of the latent y (only its non-anchors depend on the context; z is fixed).
+    # The rate of the latent y (z is fixed).
     bpp = torch.log(y_lik.clamp_min(1e-9)).flatten(1).sum(1) / -math.log(2) / (x.shape[2] * x.shape[3])
     return {"loss": bpp.mean(), "bpp": bpp.mean(), "mse": torch.tensor(float("nan"))}
 
 
 @torch.no_grad()
+def channel_order_by_rate(model: ExtremeCodecNet, images: list[torch.Tensor], crop: int, rng: random.Random,
+                          batches: int = 8) -> torch.Tensor:
+    """The latent's channels by the bits they take (most first) on random crops at random knobs: the
+    coding order of a new channel context, so that its first slices carry the most information."""
+    bits = torch.zeros(model.cfg.latent_channels, dtype=torch.float64)
+    for _ in range(batches):
+        x = random_batch(images, 8, crop, rng)
+        q = torch.rand(8, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) * (model.cfg.rate_points - 1)
+        gain, _ = model.gains(q.to(x.device))
+        y = model.g_a(x) * gain
+        z_hat, _ = model.entropy_bottleneck(model.h_a(y), training=False)
+        means, scales = model.h_s(z_hat)
+        _, y_lik = model.gaussian_conditional(y, scales, means=means, training=False)
+        bits += (-torch.log2(y_lik.clamp_min(1e-9))).sum(dim=(0, 2, 3)).double().cpu()
+    return torch.argsort(bits, descending=True, stable=True)
+
+
 @torch.no_grad()
 def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: torch.device) -> list[dict]:
     """Estimated rate (from likelihoods) and PSNR of whole images at rate knobs ``qs``."""
@@ -126,17 +144,20 @@ def parameter_groups(model: ExtremeCodecNet, train_only: str = "all"):
         if model.cfg.context == "none":
             raise SystemExit("train: --train-only context needs a model with a context; add --context checkerboard")
         for n, p in model.named_parameters():
-            p.requires_grad_(n.startswith("context."))
-        return [p for n, p in model.named_parameters() if n.startswith("context.")], []
+            p.requires_grad_(n.startswith(_CONTEXT_PARTS))
+        return [p for n, p in model.named_parameters() if n.startswith(_CONTEXT_PARTS)], []
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     return main, aux
 
 
+_CONTEXT_PARTS = ("context.", "channel_context.")
+
+
 def load_run_weights(model: ExtremeCodecNet, sd: dict) -> bool:
     """Load a checkpoint into ``model``; a context the checkpoint lacks starts fresh. True if it did."""
     missing = set(model.state_dict()) - set(sd)
-    if missing and all(k.startswith("context.") for k in missing):
+    if missing and all(k.startswith(_CONTEXT_PARTS) for k in missing):
         model.load_state_dict({**model.state_dict(), **sd}, strict=True)
         return True
     model.load_state_dict(sd, strict=True)
@@ -166,6 +187,14 @@ def train(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, context=context)
         state["config"] = cfg.to_dict()
         print(f"train: the model's context is now {context!r}")
+    slices = tuple(getattr(args, "slices", None) or ())
+    if slices and slices != tuple(cfg.slices):
+        if cfg.slices:
+            raise SystemExit(f"train: this run's channel slices are {list(cfg.slices)}; a run keeps its slices "
+                             "(start another run folder from its checkpoint for others)")
+        cfg = replace(cfg, slices=slices)
+        state["config"] = cfg.to_dict()
+        print(f"train: the model gets a channel context with slices {list(slices)}")
     model = ExtremeCodecNet(cfg).to(device)
     main_params, aux_params = parameter_groups(model, train_only)
     optimizer = torch.optim.Adam(main_params, lr=args.lr)
@@ -173,6 +202,7 @@ def train(args: argparse.Namespace) -> dict:
     if state.get("train_only", "all") != train_only:
         args.reset_optimizer = True  # another set of parameters: the saved optimizer state does not apply
     state["train_only"] = train_only
+    fresh_channels = bool(cfg.slices) and not (run / "checkpoint.safetensors").exists()
     if (run / "checkpoint.safetensors").exists():
         from coldpress.codec.models import load_weights
 
@@ -180,6 +210,7 @@ def train(args: argparse.Namespace) -> dict:
         if load_run_weights(model, sd):
             print("train: the checkpoint has no context weights; the context starts fresh")
             args.reset_optimizer = True
+            fresh_channels = bool(cfg.slices) and not any(k.startswith("channel_context.") for k in sd)
         if (run / "optimizer.pt").exists() and not args.reset_optimizer:
             opt = torch.load(run / "optimizer.pt", map_location=device, weights_only=True)
             optimizer.load_state_dict(opt["main"])
@@ -193,6 +224,9 @@ def train(args: argparse.Namespace) -> dict:
         raise SystemExit(f"train: no images found under {folders}; pass --data FOLDER (local path or fsspec URL)")
     images = load_images(paths, args.crop, device)
     print(f"train: {len(images)} images from {folders} on {device}; config {cfg.to_dict()}")
+    if fresh_channels:
+        model.channel_context.order.copy_(channel_order_by_rate(model, images, args.crop, random.Random(args.seed)))
+        print(f"train: channel coding order by rate: {model.channel_context.order.tolist()}")
     for f in folders:
         if f not in state["data"]:
             state["data"].append(f)

@@ -1,0 +1,98 @@
+"""Entropy coding of the latent of a model with a channel context (ELIC's slices on the checkerboard).
+
+The latent is coded in the passes of ``networks.latent_passes`` (the anchors of every slice, then the
+other positions of every slice), each with parameters computed from what the passes before it decoded,
+all into one rANS stream: compressai's ``BufferedRansEncoder`` collects the symbols of every pass and
+writes them at once, and ``RansDecoder.decode_stream`` reads them back pass by pass. One stream costs
+one flush (a few bytes) however many passes there are, where a string per pass would cost a flush and a
+length each: at 0.03 bpp a Kodak image has about 1.4 kB, and ten passes would add 3 %.
+
+Symbols of a pass are taken channel by channel, each channel's positions in raster order (the pass's
+positions only); the decoder uses the same order. The parameters are the model's exact fixed-point
+ones, so the decoder rebuilds every pass's scale indexes bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder
+
+from coldpress.codec.models import LoadedModel
+from coldpress.codec.networks import anchor_mask
+
+
+def _tables(loaded: LoadedModel) -> tuple[list, list, list]:
+    """The Gaussian conditional's CDF tables as the rANS coder takes them (cached on the model)."""
+    cached = getattr(loaded, "_rans_tables", None)
+    if cached is None:
+        gc = loaded.net.gaussian_conditional
+        cached = (gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(),
+                  gc._offset.reshape(-1).int().tolist())
+        loaded._rans_tables = cached
+    return cached
+
+
+def _bounds(slices: tuple[int, ...]) -> list[int]:
+    bounds = [0]
+    for s in slices:
+        bounds.append(bounds[-1] + s)
+    return bounds
+
+
+def _pass_mask(which: str, h: int, w: int) -> torch.Tensor:
+    anchor = anchor_mask(h, w)
+    return anchor if which == "anchor" else ~anchor
+
+
+@torch.no_grad()
+def encode(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> bytes:
+    """The rANS stream of the gain-scaled latent ``y`` (float64, CPU), given the hyperprior's parameters."""
+    cdfs, lengths, offsets = _tables(loaded)
+    order = loaded.channel_order
+    y_p = y[:, order]
+    bounds = _bounds(loaded.net.cfg.slices)
+    encoder = BufferedRansEncoder()
+
+    def code(which, k, m, s):
+        mask = _pass_mask(which, *m.shape[-2:])
+        symbols = torch.round(y_p[:, bounds[k]:bounds[k + 1]] - m)
+        indexes = loaded.scale_indexes(s)
+        encoder.encode_with_indexes(symbols[..., mask].int().reshape(-1).tolist(),
+                                    indexes[..., mask].reshape(-1).tolist(), cdfs, lengths, offsets)
+        return symbols + m
+
+    loaded.sliced_passes(means, scales, code)
+    return encoder.flush()
+
+
+@torch.no_grad()
+def decode(loaded: LoadedModel, stream: bytes, means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The gain-scaled latent y_hat (float64, CPU) of a stream ``encode`` wrote."""
+    cdfs, lengths, offsets = _tables(loaded)
+    decoder = RansDecoder()
+    decoder.set_stream(stream)
+
+    def code(which, k, m, s):
+        mask = _pass_mask(which, *m.shape[-2:])
+        indexes = loaded.scale_indexes(s)[..., mask]
+        values = decoder.decode_stream(indexes.reshape(-1).tolist(), cdfs, lengths, offsets)
+        out = torch.zeros_like(m)
+        out[..., mask] = torch.tensor(values, dtype=torch.float64).reshape(indexes.shape) + m[..., mask]
+        return out
+
+    y_hat, _, _ = loaded.sliced_passes(means, scales, code)
+    return y_hat
+
+
+@torch.no_grad()
+def parameters(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+    """(means, scales) of every latent position exactly as ``encode`` codes ``y`` with them."""
+    order = loaded.channel_order
+    y_p = y[:, order]
+    bounds = _bounds(loaded.net.cfg.slices)
+
+    def code(which, k, m, s):
+        return torch.round(y_p[:, bounds[k]:bounds[k + 1]] - m) + m
+
+    _, means, scales = loaded.sliced_passes(means, scales, code)
+    return means, scales
