@@ -51,17 +51,21 @@ def encode(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: to
     order = loaded.channel_order
     y_p = y[:, order]
     bounds = _bounds(loaded.net.cfg.slices)
-    encoder = BufferedRansEncoder()
+    symbols_all, indexes_all = [], []
 
     def code(which, k, m, s):
         mask = _pass_mask(which, *m.shape[-2:])
         symbols = torch.round(y_p[:, bounds[k]:bounds[k + 1]] - m)
-        indexes = loaded.scale_indexes(s)
-        encoder.encode_with_indexes(symbols[..., mask].int().reshape(-1).tolist(),
-                                    indexes[..., mask].reshape(-1).tolist(), cdfs, lengths, offsets)
+        symbols_all.append(symbols[..., mask].int().reshape(-1))
+        indexes_all.append(loaded.scale_indexes(s)[..., mask].reshape(-1))
         return symbols + m
 
     loaded.sliced_passes(means, scales, code)
+    # The buffered coder takes symbols in coding order: one call for every pass gives the stream that a
+    # call per pass would (and converts the CDF tables once instead of once per pass).
+    encoder = BufferedRansEncoder()
+    encoder.encode_with_indexes(torch.cat(symbols_all).tolist(), torch.cat(indexes_all).tolist(), cdfs, lengths,
+                                offsets)
     return encoder.flush()
 
 
