@@ -95,6 +95,18 @@ def test_slices_are_added_to_a_run_and_trained_alone(sliced_run):
     assert after["channel_context.anchor.3.4.weight"].abs().sum() > 0  # the zero-initialised last layer learned
 
 
+def test_the_channel_context_is_trained_alone(sliced_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.safetensors", "state.json"):
+        (run / name).write_bytes((sliced_run / name).read_bytes())
+    before = load_file(str(run / "checkpoint.safetensors"))
+    assert train_main(["--run", str(run), "--steps", "1", "--lr", "1e-2", "--train-only", "channel", *STEPS]) == 0
+    after = load_file(str(run / "checkpoint.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("channel_context.") for k in changed), sorted(changed)[:5]
+
+
 def test_a_run_keeps_its_slices(sliced_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -54,9 +54,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--slices", type=_slices, metavar="N,N,...",
                    help="add ELIC's channel context with these channel slices (for example 16,16,32,64,64; they "
                         "add up to the latent's channels) to a checkerboard run; it starts at no correction")
-    p.add_argument("--train-only", choices=("all", "context"), default="all",
+    p.add_argument("--train-only", choices=("all", "context", "channel"), default="all",
                    help="'context': freeze the transforms and entropy models, train only the contexts (checkerboard "
-                        "and channel) on the rate (fast: the decoder is not run)")
+                        "and channel) on the rate (fast: the decoder is not run); 'channel': the channel context alone")
     diffusion = p.add_argument_group("diffusion decoder (--stage diffusion)")
     diffusion.add_argument("--fixed-steps", type=int, default=2, choices=range(0, 6), metavar="K",
                            help="steps of the decode chain fine-tuned end to end each training step (RDEIC's "

@@ -139,13 +139,17 @@ def save_state(run: Path, state: dict) -> None:
 
 
 def parameter_groups(model: ExtremeCodecNet, train_only: str = "all"):
-    """(main, aux) parameters to optimize; with ``train_only="context"`` everything else is frozen."""
-    if train_only == "context":
+    """(main, aux) parameters to optimize; with ``train_only`` "context" (the checkerboard and channel
+    contexts) or "channel" (the channel context alone) everything else is frozen."""
+    if train_only in ("context", "channel"):
         if model.cfg.context == "none":
             raise SystemExit("train: --train-only context needs a model with a context; add --context checkerboard")
+        if train_only == "channel" and not model.cfg.slices:
+            raise SystemExit("train: --train-only channel needs a channel context; add --slices 16,16,32,64,64")
+        parts = _CONTEXT_PARTS if train_only == "context" else ("channel_context.",)
         for n, p in model.named_parameters():
-            p.requires_grad_(n.startswith(_CONTEXT_PARTS))
-        return [p for n, p in model.named_parameters() if n.startswith(_CONTEXT_PARTS)], []
+            p.requires_grad_(n.startswith(parts))
+        return [p for n, p in model.named_parameters() if n.startswith(parts)], []
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     return main, aux
@@ -251,7 +255,7 @@ def train(args: argparse.Namespace) -> dict:
     while state["step"] < end_step:
         x = random_batch(images, args.batch, args.crop, rng)
         q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
-        out = (context_rate_loss if train_only == "context" else rd_loss)(model, x, q)
+        out = (rd_loss if train_only == "all" else context_rate_loss)(model, x, q)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(main_params, 1.0)
@@ -328,7 +332,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
 def _segment_note(h: dict) -> str:
     """One training segment of a run's history, for the model card."""
     threads = f" ({h['threads']} threads)" if h.get("threads") else ""
-    what = ", context only" if h.get("train_only") == "context" else ""
+    what = {"context": ", contexts only", "channel": ", channel context only"}.get(h.get("train_only"), "")
     note = f" ({h['note']})" if h.get("note") else ""
     return (f"steps {h['steps'][0]}-{h['steps'][1]}: {h['minutes']} min on {h['device']}{threads}, lr {h['lr']}, "
             f"batch {h['batch']} of {h['crop']}px crops{what}{note}")
