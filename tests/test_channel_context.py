@@ -158,6 +158,27 @@ def test_decodes_are_identical_in_another_process_and_thread_count(sliced_codec,
     assert child.stdout.strip() == here
 
 
+def test_the_verify_decode_reuses_the_scale_search_reconstruction(sliced_codec):
+    """A float32 model's preview is its decode: the decode that follows an encode (verify-on-write)
+    returns the reconstruction the scale search made instead of running the synthesis again."""
+    from coldpress.codec import container
+
+    photo = natural_image(96, 128, "RGB", seed=10)
+    result = sliced_codec.encode(photo, 0.5)
+    from coldpress.codec.learned import LearnedCodec
+
+    fresh = LearnedCodec(model=str(sliced_codec.loaded.path), device="cpu")  # its own instance: no memo
+    want = fresh.decode(result.bitstream)
+    assert fresh.syntheses == 1
+    b = container.unpack(result.bitstream)
+    sliced_codec._reconstruct(b.payload, b.params, b.width, b.height, preview=True)  # as the scale search does
+    before = sliced_codec.syntheses
+    assert np.array_equal(sliced_codec.decode(result.bitstream), want)
+    assert sliced_codec.syntheses == before
+    assert np.array_equal(sliced_codec.decode(result.bitstream), want)  # kept once: the next decode computes
+    assert sliced_codec.syntheses == before + 1
+
+
 def test_refinement_codes_a_sliced_model(sliced_codec):
     codec = get_codec("learned", model=str(sliced_codec.loaded.path), device="cpu", effort=1)
     photo = natural_image(64, 96, "RGB", seed=8)

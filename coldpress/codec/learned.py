@@ -32,7 +32,9 @@ makes the entropy decoding itself exact on every device.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,9 @@ SCALE_SEARCH_MARGIN_DB = 0.02
 #: ... and it is tried only when the larger scale's knob is this low (in 1/16ths): higher knobs never
 #: lost to a smaller scale on Kodak, so the search would only cost time there.
 SCALE_SEARCH_MAX_Q16 = 2 * Q_STEPS
+#: Reconstructions the scale search made, kept for the decode that verify-on-write runs next (see
+#: ``_reconstruct``): at most this many, of images up to this many pixels.
+MEMO_ENTRIES, MEMO_MAX_PIXELS = 2, 1 << 24
 #: Prior slope of log(payload size) against the knob (in 1/16ths), for the first prediction of the knob
 #: search: about 0.025 on Kodak and BSDS500 images with cp-extreme-s16-v2 (x7.7 over the 80 knobs).
 LOG_SIZE_SLOPE = 0.025
@@ -91,6 +96,14 @@ def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int)
                 :, :, oy : oy + th, ox : ox + tw
             ]
     return out
+
+
+def _memo_key(payload: bytes, params: Any, width: int, height: int) -> tuple | None:
+    """The key of a decode in the memo (None for parameters no coding made: _reconstruct rejects them)."""
+    try:
+        return bytes(payload), int(params["q"]), int(params["s"]), width, height
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @register("learned")
@@ -126,6 +139,11 @@ class LearnedCodec(Codec):
         self._lock = self.loaded.coder_lock
         #: Latent codings made by rate control so far (a counter for benchmarks).
         self.codings = 0
+        #: Decodes the scale search computed, by (payload, params, size), for the decode that follows.
+        self._memo: dict[tuple, np.ndarray] = {}
+        self._memo_lock = threading.Lock()
+        #: Syntheses (full decodes), counted for tests and benchmarks.
+        self.syntheses = 0
 
     @classmethod
     def known_models(cls) -> list[str]:
@@ -394,12 +412,40 @@ class LearnedCodec(Codec):
 
     @torch.no_grad()
     def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
+        with self._memo_lock:
+            known = self._memo.pop(_memo_key(payload, params, width, height), None)
+        if known is not None:
+            return known
         return self._reconstruct(payload, params, width, height)
 
     @torch.no_grad()
     def _reconstruct(self, payload: bytes, params: dict[str, Any], width: int, height: int,
                      preview: bool = False) -> np.ndarray:
-        """Pixels of a payload: float64 synthesis (the decode), or float32 (``preview``, for rate control)."""
+        """Pixels of a payload: the decode in the model's precision, or a float32 ``preview`` for rate
+        control. For float32 models the preview is the decode itself (same networks, precision and
+        tiling, from the payload's bytes), so the scale search's reconstructions are kept (``MEMO_*``)
+        and the verify-on-write decode of the chosen bitstream, which follows, returns them instead of
+        running the synthesis again."""
+        pixels = self._synthesize(payload, params, width, height, preview)
+        if preview and self._float32_decode() and width * height <= MEMO_MAX_PIXELS:
+            with self._memo_lock:
+                self._memo[_memo_key(payload, params, width, height)] = pixels
+                while len(self._memo) > MEMO_ENTRIES:
+                    self._memo.pop(next(iter(self._memo)))
+        return pixels
+
+    def _synthesis32(self):
+        """The float32 synthesis of float32 models: a channels-last copy (oneDNN's faster layout on CPU,
+        about 25 % on a Kodak-size decode); part of what such a model's decode is."""
+        loaded = self.loaded
+        with self._memo_lock:
+            if getattr(loaded, "_synthesis32", None) is None:
+                loaded._synthesis32 = copy.deepcopy(self.net.g_s).to(memory_format=torch.channels_last).eval()
+        return loaded._synthesis32
+
+    def _synthesize(self, payload: bytes, params: dict[str, Any], width: int, height: int,
+                    preview: bool) -> np.ndarray:
+        self.syntheses += 1
         net = self.net
         try:
             q16, eighths = int(params["q"]), int(params["s"])
@@ -412,9 +458,13 @@ class LearnedCodec(Codec):
         ph, pw = math.ceil(sh / stride) * stride, math.ceil(sw / stride) * stride
         y_hat = self._decode_latent(payload, (ph // stride, pw // stride))
         _, inv_gain = net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
-        dtype, synthesis = (torch.float32, net.g_s) if preview or self._float32_decode() else (
-            torch.float64, self.loaded.synthesis64)
+        if self._float32_decode():
+            dtype, synthesis = torch.float32, self._synthesis32()
+        else:
+            dtype, synthesis = (torch.float32, net.g_s) if preview else (torch.float64, self.loaded.synthesis64)
         y_hat = y_hat.to(self.device, dtype) * inv_gain.to(dtype)
+        if self._float32_decode():
+            y_hat = y_hat.contiguous(memory_format=torch.channels_last)
         s = net.cfg.latent_stride
         tiling = self.loaded.decode_tiling
         x_hat = _tiled(synthesis, y_hat, s, tiling.tile // s, tiling.halo // s, 1)
