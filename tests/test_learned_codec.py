@@ -224,12 +224,14 @@ def test_new_exports_decode_like_an_untiled_decode():
     data = codec.encode(natural_image(96, 768, "RGB", seed=5), 0.03).bitstream
     params = container.unpack(data)
     decoded = {}
+    recorded = loaded.decode_tiling
     try:
         for name, t in (("untiled", DecodeTiling(1 << 20, 0)), ("new", tiling), ("legacy", DecodeTiling(256, 64))):
             loaded.decode_tiling = t
+            codec.forget_decodes()  # decode each time under this tiling, not from what the encode kept
             decoded[name] = codec.decode(data)
     finally:
-        loaded.decode_tiling = LEGACY_DECODE_TILING
+        loaded.decode_tiling = recorded  # the shared model's own (v1/v2: LEGACY_DECODE_TILING)
     assert params.width == 768
     assert np.array_equal(decoded["new"], decoded["untiled"])
     assert not np.array_equal(decoded["legacy"], decoded["untiled"])
@@ -312,3 +314,19 @@ def test_codec_instances_of_one_model_share_one_coder_lock_and_code_concurrently
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda iv: (a if iv[0] % 2 else b).encode(iv[1], 0.3).bitstream, enumerate(images)))
     assert got == expected
+
+
+def test_concurrent_encodes_leave_later_decodes_unchanged(photo):
+    """The fixed-point convolutions once switched oneDNN off process-wide for their duration: threads
+    restoring the switch out of order left it off for good, and later float32 decodes moved by a level."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec = get_codec("learned", device="cpu")
+    data = codec.encode(photo, 0.05).bitstream
+    codec.forget_decodes()
+    before = codec.decode(data)
+    images = [natural_image(64, 96, "RGB", seed=50 + i) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda img: codec.encode(img, 0.3), images))
+    assert torch.backends.mkldnn.enabled
+    assert np.array_equal(codec.decode(data), before)

@@ -130,6 +130,10 @@ def test_cli_refuses_unknown_efforts(tmp_path, capsys):
         main(["encode", str(tmp_path), str(tmp_path / "a"), "--bpp", "0.05", "--effort", "5"])
     assert exc.value.code == 2
     assert "not an effort level; pass one of 0, 1, 2" in capsys.readouterr().err
-    assert _learned_spec("learned:effort=2", "effort=2", 0) == 2
+    assert _learned_spec("learned:effort=2", "effort=2", 0, None) == (2, None)
+    assert _learned_spec("learned:model=m.safetensors,effort=1", "model=m.safetensors,effort=1", 0, "x") == (
+        1, "m.safetensors")
     with pytest.raises(ColdpressError, match="write learned:effort=N"):
-        _learned_spec("learned:fast", "fast", 0)
+        _learned_spec("learned:fast", "fast", 0, None)
+    with pytest.raises(ColdpressError, match="not a level"):
+        _learned_spec("learned:effort=7", "effort=7", 0, None)

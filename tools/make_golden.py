@@ -1,7 +1,7 @@
 """Write the golden bitstreams of every shipped learned model (tests/golden/), once per model.
 
 Each golden file is a bitstream made by the current release with the pixel sha256 of its decode
-(float64 synthesis on CPU) recorded in ``tests/golden/golden.json``; ``tests/test_golden.py`` decodes
+(the model's own decode on CPU: float64 synthesis for v1 and v2, float32 from v3) recorded in ``tests/golden/golden.json``; ``tests/test_golden.py`` decodes
 them on every CI run, so any change that alters what a shipped bitstream decodes to (a new compressai,
 a change of tiling, of the fixed-point hyper path or of the synthesis) fails CI. Images are made here
 from a fixed seed (no data is copied into the repository). One image is wider than the decode tile

@@ -19,7 +19,6 @@ So means and scale indexes are bit-identical wherever the model runs.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn as nn
@@ -31,12 +30,21 @@ INPUT_FRAC_BITS = 6
 
 
 def _exact_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Convolution of integer-valued float64 tensors; exact on every backend."""
-    with warnings.catch_warnings():
-        # Setting mkldnn flags re-applies its TF32 setting, which warns on builds without Intel GPUs.
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-        with torch.backends.cudnn.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
-            return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    """Convolution of integer-valued float64 tensors; exact on every backend.
+
+    Every product and partial sum is an integer below 2**53, so any summation order gives the same
+    result; only algorithms that transform their inputs (Winograd, FFT) would not. On CPU, float64
+    convolutions run as im2col and a matrix product (oneDNN takes no float64). On CUDA the convolution
+    is written as unfold and a matrix product, so that cuDNN's algorithm choice never enters. No global
+    backend flag is switched here: a switch is process-wide, and one made in one thread changed the
+    convolutions (and, restored out of order, every later one) of the other threads.
+    """
+    if x.device.type == "cpu":
+        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+    n, _, h, width = x.shape
+    k = w.shape[-1]
+    cols = F.unfold(x, k, padding=k // 2)  # (n, c*k*k, h*w)
+    return (w.reshape(w.shape[0], -1) @ cols).reshape(n, w.shape[0], h, width)
 
 
 class FixedPointStack(nn.Module):

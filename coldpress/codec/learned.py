@@ -434,6 +434,11 @@ class LearnedCodec(Codec):
                     self._memo.pop(next(iter(self._memo)))
         return pixels
 
+    def forget_decodes(self) -> None:
+        """Drop the reconstructions kept for a verify decode (benchmarks time restores without them)."""
+        with self._memo_lock:
+            self._memo.clear()
+
     def _synthesis32(self):
         """The float32 synthesis of float32 models: a channels-last copy (oneDNN's faster layout on CPU,
         about 25 % on a Kodak-size decode); part of what such a model's decode is."""

@@ -141,8 +141,9 @@ def _learned_options(parser: argparse.ArgumentParser) -> None:
                        help="device of the learned codec (default: auto, CUDA when available)")
     group.add_argument("--effort", type=int, default=0, metavar="N",
                        help="encoder effort of the learned codec: 0 fast (default), 1 or 2 latent refinement; a "
-                       "codec named learned:effort=N (in --codecs) sets it for that entry, so one run can "
-                       "compare efforts")
+                       "codec named learned:effort=N (in --codecs) sets it for that entry, and "
+                       "learned:model=ID_OR_PATH its model (learned:model=ID,effort=N both), so one run can "
+                       "compare efforts or models")
 
 
 def run(args: argparse.Namespace) -> int:

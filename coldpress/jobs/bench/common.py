@@ -44,40 +44,46 @@ def _load_codec(name: str, args: argparse.Namespace):
     if base != "learned":
         if spec:
             raise ColdpressError(f"codec {name!r}: only the learned codec takes options after ':' "
-                                 "(learned:effort=2); name the codec alone")
+                                 "(learned:effort=2, learned:model=ID); name the codec alone")
         try:
             return get_codec(name), None
         except ValueError as exc:  # an unknown name: a usage error, said before any work
             raise ColdpressError(str(exc)) from None
-    effort = _learned_spec(name, spec, getattr(args, "effort", 0))
+    effort, model = _learned_spec(name, spec, getattr(args, "effort", 0), args.model)
     from coldpress.codec.models import default_model_available
 
-    if args.model is None and not default_model_available():
+    if model is None and not default_model_available():
         return None, (
             "no learned model is bundled with this installation (coldpress/codec/weights/MODELS.json); "
             "pass --model PATH.safetensors to benchmark an exported model"
         )
     try:
         options = {"effort": effort} if effort else {}
-        return get_codec("learned", model=args.model, device=_resolve_device(args.device), **options), None
+        return get_codec("learned", model=model, device=_resolve_device(args.device), **options), None
     except ColdpressError as exc:
         return None, str(exc)
 
 
-def _learned_spec(name: str, spec: str, effort: int) -> int:
-    """The effort of a learned codec entry: ``effort`` (--effort), or N from ``learned:effort=N``."""
+def _learned_spec(name: str, spec: str, effort: int, model: str | None) -> tuple[int, str | None]:
+    """(effort, model) of a learned codec entry: ``effort`` (--effort) and ``model`` (--model), or what
+    ``learned:effort=N``, ``learned:model=ID_OR_PATH`` or both (``learned:model=ID,effort=N``) say, so
+    that one run can compare efforts or models."""
     from coldpress.codec.refine import EFFORTS
     from coldpress.errors import ColdpressError
 
-    if spec:
-        key, _, value = spec.partition("=")
-        if key != "effort" or not value.strip().isdigit():
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key == "effort" and value.strip().isdigit():
+            effort = int(value)
+        elif key == "model" and value.strip():
+            model = value.strip()
+        else:
             raise ColdpressError(f"codec {name!r} is not understood; write learned:effort=N with N one of "
-                                 f"{', '.join(map(str, EFFORTS))}")
-        effort = int(value)
+                                 f"{', '.join(map(str, EFFORTS))}, learned:model=ID_OR_PATH, or both "
+                                 "separated by a comma")
     if effort not in EFFORTS:
         raise ColdpressError(f"effort {effort} of codec {name!r} is not a level; use one of {', '.join(map(str, EFFORTS))}")
-    return effort
+    return effort, model
 
 
 def _list_images(folder: Path) -> list[Path]:
