@@ -443,7 +443,7 @@ class LearnedCodec(Codec):
         """The float32 synthesis of float32 models: a channels-last copy (oneDNN's faster layout on CPU,
         about 25 % on a Kodak-size decode); part of what such a model's decode is."""
         loaded = self.loaded
-        with self._memo_lock:
+        with self._lock:  # the model's lock: one copy for every codec instance of the model
             if getattr(loaded, "_synthesis32", None) is None:
                 loaded._synthesis32 = copy.deepcopy(self.net.g_s).to(memory_format=torch.channels_last).eval()
         return loaded._synthesis32
