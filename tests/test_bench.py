@@ -200,8 +200,8 @@ def test_speed_times_a_reference_codec_encode(tmp_path):
         assert float(row["fps"]) == pytest.approx(1 / float(row["mean_s"]))
         assert float(row["mp_s"]) == pytest.approx(256 * 128 / 1e6 / float(row["mean_s"]))
         assert float(row["min_s"]) <= float(row["median_s"]) <= 2 * float(row["mean_s"])
-    encode, both, decode = (float(r["mean_s"]) for r in rows)
-    assert both == pytest.approx(encode + decode)
+    # encode+verify is timed as archiving runs it (an encode, then the decode of its bitstream), not summed.
+    assert rows[1]["note"].endswith("then codec.decode") and "timed together" in report["stages"]["encode+verify"]
 
 
 def test_speed_times_every_size_given(tmp_path, capsys):
