@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from coldpress.codec.export import load_checkpoint
+from coldpress.codec.networks import slice_bounds
 from coldpress.transforms.sources import list_images, read_rgb
 
 
@@ -55,9 +56,7 @@ def main() -> None:
     net, _ = load_checkpoint(args.checkpoint)
     paths = list_images([args.folder])[: args.limit]
     slices = [int(v) for v in args.slices.split(",")]
-    bounds = [0]
-    for s in slices:
-        bounds.append(bounds[-1] + s)
+    bounds = slice_bounds(slices)
     for q in args.knobs:
         coded = list(latents(net, paths, q))
         bits = torch.zeros(net.cfg.latent_channels, dtype=torch.float64)

@@ -215,6 +215,10 @@ class Codec(abc.ABC):
         engines give their workers the same codec, model file and settings as the launcher's."""
         return {}
 
+    def forget_decodes(self) -> None:
+        """Drop whatever an encode kept for the decode that verifies it (nothing, unless a codec keeps
+        something): benchmarks call it to time a restore."""
+
     def describe(self) -> dict[str, Any]:
         """Identity for manifests and archive rows."""
         return {"codec": self.name, "model_id": self.model_id, "weights_hash": self.weights_hash.hex()}

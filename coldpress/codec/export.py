@@ -36,6 +36,7 @@ from coldpress.codec.networks import (
     anchor_mask,
     count_parameters,
     latent_passes,
+    rounding_code,
     scale_table,
 )
 
@@ -101,14 +102,10 @@ def _channel_stacks(net: ExtremeCodecNet, hs: FixedPointStack, latents) -> dict[
         inputs.setdefault((which, k), []).append(torch.cat([earlier, m, s], dim=1))
         return cc.refine(which, k, earlier, m, s)
 
-    bounds = [0]
-    for n in net.cfg.slices:
-        bounds.append(bounds[-1] + n)
     for y, z_hat in latents:
         means, scales = hs(z_hat).chunk(2, dim=1)
-        y_p = y.double()[:, cc.order]
         latent_passes(means, scales, net.cfg.slices, cc.order, spatial, channel,
-                      lambda which, k, m, s: torch.round(y_p[:, bounds[k]:bounds[k + 1]] - m) + m)
+                      rounding_code(y.double(), cc.order, net.cfg.slices))
     return {f"{CHANNEL_PREFIX}{which}.{k}.": FixedPointStack.from_float(
                 getattr(net.channel_context, which)[k - 1], inputs[(which, k)], input_frac_bits=None)
             for which, k in sorted(inputs)}

@@ -32,7 +32,6 @@ makes the entropy decoding itself exact on every device.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from typing import Any
@@ -435,18 +434,9 @@ class LearnedCodec(Codec):
         return pixels
 
     def forget_decodes(self) -> None:
-        """Drop the reconstructions kept for a verify decode (benchmarks time restores without them)."""
+        """Drop the reconstructions the scale search kept for a verify decode."""
         with self._memo_lock:
             self._memo.clear()
-
-    def _synthesis32(self):
-        """The float32 synthesis of float32 models: a channels-last copy (oneDNN's faster layout on CPU,
-        about 25 % on a Kodak-size decode); part of what such a model's decode is."""
-        loaded = self.loaded
-        with self._lock:  # the model's lock: one copy for every codec instance of the model
-            if getattr(loaded, "_synthesis32", None) is None:
-                loaded._synthesis32 = copy.deepcopy(self.net.g_s).to(memory_format=torch.channels_last).eval()
-        return loaded._synthesis32
 
     def _synthesize(self, payload: bytes, params: dict[str, Any], width: int, height: int,
                     preview: bool) -> np.ndarray:
@@ -464,12 +454,11 @@ class LearnedCodec(Codec):
         y_hat = self._decode_latent(payload, (ph // stride, pw // stride))
         _, inv_gain = net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
         if self._float32_decode():
-            dtype, synthesis = torch.float32, self._synthesis32()
+            dtype, synthesis, layout = torch.float32, self.loaded.synthesis32, torch.channels_last
         else:
             dtype, synthesis = (torch.float32, net.g_s) if preview else (torch.float64, self.loaded.synthesis64)
-        y_hat = y_hat.to(self.device, dtype) * inv_gain.to(dtype)
-        if self._float32_decode():
-            y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+            layout = torch.contiguous_format
+        y_hat = (y_hat.to(self.device, dtype) * inv_gain.to(dtype)).contiguous(memory_format=layout)
         s = net.cfg.latent_stride
         tiling = self.loaded.decode_tiling
         x_hat = _tiled(synthesis, y_hat, s, tiling.tile // s, tiling.halo // s, 1)

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -282,6 +283,22 @@ class ChannelContext(nn.Module):
         return means + d_means, scales + d_scales
 
 
+def slice_bounds(slices: tuple[int, ...]) -> list[int]:
+    """Channel offsets of the slices in coding order: [0, s0, s0 + s1, ..., M]."""
+    return [0, *itertools.accumulate(slices)]
+
+
+def rounding_code(y: torch.Tensor, order: torch.Tensor, slices: tuple[int, ...], rnd=torch.round):
+    """The ``code`` of ``latent_passes`` for a known latent ``y``: each pass's latents rounded (``rnd``:
+    exact, or straight-through for training) around that pass's means, as the coder codes them."""
+    y_p, bounds = y[:, order], slice_bounds(slices)
+
+    def code(which: str, k: int, means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return rnd(y_p[:, bounds[k]:bounds[k + 1]] - means) + means
+
+    return code
+
+
 def latent_passes(means: torch.Tensor, scales: torch.Tensor, slices: tuple[int, ...], order: torch.Tensor,
                   spatial, channel, code):
     """The coding schedule of a model with checkerboard and channel contexts; (y_hat, means, scales).
@@ -291,38 +308,33 @@ def latent_passes(means: torch.Tensor, scales: torch.Tensor, slices: tuple[int, 
     checkerboard's ``spatial(anchors_hat, means, scales)`` for the non-anchors, then the non-anchors of
     slice 0, 1, ... (corrected by ``channel("other", k, earlier_slices, ...)``). ``code(which, k,
     means_k, scales_k)`` codes one pass and returns its y_hat (valid on the pass's positions): the
-    encoder rounds and entropy-codes, the decoder entropy-decodes, training rounds straight-through.
-    Tensors are in channel order ``order`` inside; inputs and results are in the latent's own order.
+    encoder rounds and entropy-codes, the decoder entropy-decodes, training rounds straight-through
+    (``rounding_code``). Tensors are in channel order ``order`` inside; inputs and results are in the
+    latent's own order.
     """
     anchor = anchor_mask(*means.shape[-2:], device=means.device)
-    bounds = [0]
-    for s in slices:
-        bounds.append(bounds[-1] + s)
+    bounds = slice_bounds(slices)
     inverse = torch.argsort(order)
-    means_p, scales_p = means[:, order], scales[:, order]
-    a_hat, a_means, a_scales = [], [], []
-    for k in range(len(slices)):
-        m, s = means_p[:, bounds[k]:bounds[k + 1]], scales_p[:, bounds[k]:bounds[k + 1]]
-        if k:
-            m, s = channel("anchor", k, torch.cat(a_hat, dim=1), m, s)
-        a_hat.append(code("anchor", k, m, s) * anchor)
-        a_means.append(m)
-        a_scales.append(s)
-    anchors_hat = torch.cat(a_hat, dim=1)[:, inverse]
-    c_means, c_scales = spatial(anchors_hat, means, scales)
-    c_means, c_scales = c_means[:, order], c_scales[:, order]
-    full, o_means, o_scales = [], [], []
-    for k in range(len(slices)):
-        m, s = c_means[:, bounds[k]:bounds[k + 1]], c_scales[:, bounds[k]:bounds[k + 1]]
-        if k:
-            m, s = channel("other", k, torch.cat(full, dim=1), m, s)
-        full.append(torch.where(anchor, a_hat[k], code("other", k, m, s)))
-        o_means.append(m)
-        o_scales.append(s)
+
+    def passes(which: str, base_means: torch.Tensor, base_scales: torch.Tensor, merge):
+        """One checkerboard pass over every slice: (y_hat per slice, means, scales)."""
+        hats, pass_means, pass_scales = [], [], []
+        for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            m, s = base_means[:, lo:hi], base_scales[:, lo:hi]
+            if k:
+                m, s = channel(which, k, torch.cat(hats, dim=1), m, s)
+            hats.append(merge(k, code(which, k, m, s)))
+            pass_means.append(m)
+            pass_scales.append(s)
+        return hats, torch.cat(pass_means, dim=1), torch.cat(pass_scales, dim=1)
+
+    a_hat, a_means, a_scales = passes("anchor", means[:, order], scales[:, order], lambda k, v: v * anchor)
+    c_means, c_scales = spatial(torch.cat(a_hat, dim=1)[:, inverse], means, scales)
+    full, o_means, o_scales = passes("other", c_means[:, order], c_scales[:, order],
+                                     lambda k, v: torch.where(anchor, a_hat[k], v))
     y_hat = torch.cat(full, dim=1)[:, inverse]
-    means = torch.where(anchor, torch.cat(a_means, dim=1), torch.cat(o_means, dim=1))[:, inverse]
-    scales = torch.where(anchor, torch.cat(a_scales, dim=1), torch.cat(o_scales, dim=1))[:, inverse]
-    return y_hat, means, scales
+    return (y_hat, torch.where(anchor, a_means, o_means)[:, inverse],
+            torch.where(anchor, a_scales, o_scales)[:, inverse])
 
 
 class GainUnits(nn.Module):
@@ -396,15 +408,7 @@ class ExtremeCodecNet(CompressionModel):
         with channel slices, corrected slice by slice from the earlier slices)."""
         if self.cfg.slices:
             order = self.channel_context.order
-            y_p = y[:, order]
-            bounds = [0]
-            for s in self.cfg.slices:
-                bounds.append(bounds[-1] + s)
-
-            def code(which, k, m, s):  # straight-through rounding around the pass's means, as coded
-                v = y_p[:, bounds[k]:bounds[k + 1]] - m
-                return v + (torch.round(v) - v).detach() + m
-
+            code = rounding_code(y, order, self.cfg.slices, lambda v: v + (torch.round(v) - v).detach())
             _, means, scales = latent_passes(means, scales, self.cfg.slices, order, self.context,
                                              self.channel_context.refine, code)
             return means, scales

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from coldpress.codec.fixedpoint import FixedPointStack
-from coldpress.codec.networks import anchor_mask, latent_passes
+from coldpress.codec.networks import anchor_mask, latent_passes, rounding_code
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,8 @@ class Refiner:
         around that pass's means (as coded)."""
         loaded = self.codec.loaded
         slices, order = loaded.net.cfg.slices, loaded.channel_order
-        u_p = u[:, order]
-        bounds = [0]
-        for n in slices:
-            bounds.append(bounds[-1] + n)
-
-        def code(which, k, m, s):
-            return _ste_round(u_p[:, bounds[k]:bounds[k + 1]] - m) + m
-
-        _, means, scales = latent_passes(means, scales, slices, order, self._spatial, self._channel, code)
+        _, means, scales = latent_passes(means, scales, slices, order, self._spatial, self._channel,
+                                         rounding_code(u, order, slices, _ste_round))
         return means, scales
 
     def loss(self, u: torch.Tensor, x: torch.Tensor, sw: int, sh: int, inv_gain: torch.Tensor, lam: float,
@@ -180,11 +173,8 @@ class Refiner:
         elif self.ctx is not None:
             anchor = anchor_mask(*u.shape[-2:])
             # The anchors as the decoder sees them (rounded around the hyper means, exactly as coded).
-            anchors_hat = (_ste_round(u - means) + means) * anchor
-            ctx = run_stack(self.ctx, anchors_hat)
-            d_means, d_scales = run_stack(self.ep, torch.cat([means, scales, ctx], dim=1)).chunk(2, dim=1)
-            means = torch.where(anchor, means, means + d_means)
-            scales = torch.where(anchor, scales, scales + d_scales)
+            c_means, c_scales = self._spatial((_ste_round(u - means) + means) * anchor, means, scales)
+            means, scales = torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
         y_hat = rnd(u - means) + means
         y_lik = gc.likelihood_lower_bound(gc._likelihood(y_hat, scales, means=means))
         y_bits = -torch.log2(y_lik).sum()

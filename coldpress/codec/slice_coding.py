@@ -18,25 +18,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from coldpress.codec.models import LoadedModel
-from coldpress.codec.networks import anchor_mask
-
-
-def _tables(loaded: LoadedModel) -> tuple[list, list, list]:
-    """The Gaussian conditional's CDF tables as the rANS coder takes them (cached on the model)."""
-    cached = getattr(loaded, "_rans_tables", None)
-    if cached is None:
-        gc = loaded.net.gaussian_conditional
-        cached = (gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(),
-                  gc._offset.reshape(-1).int().tolist())
-        loaded._rans_tables = cached
-    return cached
-
-
-def _bounds(slices: tuple[int, ...]) -> list[int]:
-    bounds = [0]
-    for s in slices:
-        bounds.append(bounds[-1] + s)
-    return bounds
+from coldpress.codec.networks import anchor_mask, rounding_code, slice_bounds
 
 
 def _pass_mask(which: str, h: int, w: int) -> torch.Tensor:
@@ -47,10 +29,10 @@ def _pass_mask(which: str, h: int, w: int) -> torch.Tensor:
 @torch.no_grad()
 def encode(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> bytes:
     """The rANS stream of the gain-scaled latent ``y`` (float64, CPU), given the hyperprior's parameters."""
-    cdfs, lengths, offsets = _tables(loaded)
+    cdfs, lengths, offsets = loaded.rans_tables
     order = loaded.channel_order
     y_p = y[:, order]
-    bounds = _bounds(loaded.net.cfg.slices)
+    bounds = slice_bounds(loaded.net.cfg.slices)
     symbols_all, indexes_all = [], []
 
     def code(which, k, m, s):
@@ -72,7 +54,7 @@ def encode(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: to
 @torch.no_grad()
 def decode(loaded: LoadedModel, stream: bytes, means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The gain-scaled latent y_hat (float64, CPU) of a stream ``encode`` wrote."""
-    cdfs, lengths, offsets = _tables(loaded)
+    cdfs, lengths, offsets = loaded.rans_tables
     decoder = RansDecoder()
     decoder.set_stream(stream)
 
@@ -91,12 +73,5 @@ def decode(loaded: LoadedModel, stream: bytes, means: torch.Tensor, scales: torc
 @torch.no_grad()
 def parameters(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
     """(means, scales) of every latent position exactly as ``encode`` codes ``y`` with them."""
-    order = loaded.channel_order
-    y_p = y[:, order]
-    bounds = _bounds(loaded.net.cfg.slices)
-
-    def code(which, k, m, s):
-        return torch.round(y_p[:, bounds[k]:bounds[k + 1]] - m) + m
-
-    _, means, scales = loaded.sliced_passes(means, scales, code)
+    _, means, scales = loaded.sliced_passes(means, scales, rounding_code(y, loaded.channel_order, loaded.net.cfg.slices))
     return means, scales

@@ -206,7 +206,7 @@ def train(args: argparse.Namespace) -> dict:
     if state.get("train_only", "all") != train_only:
         args.reset_optimizer = True  # another set of parameters: the saved optimizer state does not apply
     state["train_only"] = train_only
-    fresh_channels = bool(cfg.slices) and not (run / "checkpoint.safetensors").exists()
+    sd = {}
     if (run / "checkpoint.safetensors").exists():
         from coldpress.codec.models import load_weights
 
@@ -214,7 +214,6 @@ def train(args: argparse.Namespace) -> dict:
         if load_run_weights(model, sd):
             print("train: the checkpoint has no context weights; the context starts fresh")
             args.reset_optimizer = True
-            fresh_channels = bool(cfg.slices) and not any(k.startswith("channel_context.") for k in sd)
         if (run / "optimizer.pt").exists() and not args.reset_optimizer:
             opt = torch.load(run / "optimizer.pt", map_location=device, weights_only=True)
             optimizer.load_state_dict(opt["main"])
@@ -228,7 +227,7 @@ def train(args: argparse.Namespace) -> dict:
         raise SystemExit(f"train: no images found under {folders}; pass --data FOLDER (local path or fsspec URL)")
     images = load_images(paths, args.crop, device)
     print(f"train: {len(images)} images from {folders} on {device}; config {cfg.to_dict()}")
-    if fresh_channels:
+    if cfg.slices and not any(k.startswith("channel_context.") for k in sd):  # a new channel context
         model.channel_context.order.copy_(channel_order_by_rate(model, images, args.crop, random.Random(args.seed)))
         print(f"train: channel coding order by rate: {model.channel_context.order.tolist()}")
     for f in folders:

@@ -233,10 +233,8 @@ def _time_size(codec, args: argparse.Namespace, device: str, sync, is_cuda: bool
         codec.decode(codec.encode(image, args.bpp).bitstream)
 
     both = _timings(encode_and_verify, args.repeat, min(args.warmup, 1), sync)
-    forget = getattr(codec, "forget_decodes", lambda: None)
-
     def decode() -> None:  # a restore: nothing kept from an encode
-        forget()
+        codec.forget_decodes()
         codec.decode(result.bitstream)
 
     decode_times = _timings(decode, args.repeat, min(args.warmup, 1), sync)
