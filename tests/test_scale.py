@@ -122,3 +122,42 @@ def test_beam_encode_removes_its_listing(jpeg_tree, tmp_path):
     local = encode_local(jpeg_tree, tmp_path / "local", codec="jpeg", bpp=BPP, rows_per_shard=16, progress=False)
     assert local["num_rows"] == 70
     assert _shards(tmp_path / "beam") == _shards(tmp_path / "local")
+
+
+def test_read_ahead_reads_local_files_inline_and_remote_ones_in_threads(tmp_path, monkeypatch):
+    """Local sources are read in the caller's thread (threads' hand-offs cost more than a local read);
+    a remote store's go to the read threads; either way in order, a failure given as its exception."""
+    import threading
+
+    import fsspec
+
+    from coldpress.transforms import sources
+
+    for i in range(3):
+        (tmp_path / f"{i}.bin").write_bytes(bytes([i]) * 10)
+    local = [(str(tmp_path / f"{i}.bin"), f"{i}.bin") for i in range(3)] + [(str(tmp_path / "gone.bin"), "gone.bin")]
+    fs = fsspec.filesystem("memory")
+    for i in range(3):
+        fs.pipe_file(f"/coldpress-read-ahead/{i}.bin", bytes([i]) * 10)
+    remote = [(f"memory:///coldpress-read-ahead/{i}.bin", f"{i}.bin") for i in range(3)]
+    remote.append(("memory:///coldpress-read-ahead/gone.bin", "gone.bin"))
+
+    threads: list[str] = []
+    original = sources.read_source
+
+    def recording(uri, storage_options=None):
+        threads.append(threading.current_thread().name)
+        return original(uri, storage_options)
+
+    monkeypatch.setattr(sources, "read_source", recording)
+    try:
+        for listed, expect_threads in ((local, False), (remote, True)):
+            threads.clear()
+            got = list(sources.read_ahead(listed))
+            assert [(u, k) for u, k, _ in got] == listed
+            assert [d for _, _, d in got[:3]] == [bytes([i]) * 10 for i in range(3)]
+            assert isinstance(got[3][2], FileNotFoundError)
+            assert len(threads) == 4
+            assert {name.startswith("coldpress-read") for name in threads} == {expect_threads}
+    finally:
+        fs.rm("/coldpress-read-ahead", recursive=True)
