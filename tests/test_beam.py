@@ -25,6 +25,7 @@ from coldpress.pipelines.beam import (
     REJECTED,
     CodecModelHandler,
     EncodeImages,
+    IMAGES,
     ReadImages,
     encode_beam,
     make_pipeline,
@@ -141,6 +142,48 @@ def test_resume_adds_only_new_inputs_and_retries_rejected_ones(tmp_path):
     assert set(rejected_by_id(str(dst))) == set(BAD) - {"empty.png"}
     with pytest.raises(ArchiveError, match="resume is off"):
         encode_beam(src, dst, codec=CODEC, bpp=BPP, resume=False, pipeline_args=IN_PROCESS)
+
+
+def test_inputs_a_runner_drops_silently_are_encoded_in_another_pass(tmp_path, monkeypatch, caplog):
+    """A runner that loses elements without failing the job (FnApiRunner's multi_processing mode did at
+    100,000 inputs) is caught by the counts: the dropped inputs are encoded by a further pass, the manifest
+    says how many were dropped; a runner that keeps dropping them fails the job with what to do."""
+    from coldpress.pipelines.beam import jobs
+
+    src = make_tree(tmp_path / "src")
+    real_graph = jobs.encode_graph
+    passes: list[int] = []
+
+    def dropping_graph(p, listing, *args, drop_passes: int):
+        passes.append(len(passes))
+        if len(passes) <= drop_passes:  # the listing's last input vanishes between the read and the encode
+            real_read = jobs.ReadImages
+
+            class DroppingRead(real_read):
+                def expand(self, pbegin):
+                    outputs = super().expand(pbegin)
+                    kept = outputs[IMAGES] | "Drop one" >> beam.Filter(lambda item: item[0] != "sub/d.png")
+                    return {IMAGES: kept, REJECTED: outputs[REJECTED]}
+
+            monkeypatch.setattr(jobs, "ReadImages", DroppingRead)
+            try:
+                return real_graph(p, listing, *args)
+            finally:
+                monkeypatch.setattr(jobs, "ReadImages", real_read)
+        return real_graph(p, listing, *args)
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(jobs, "encode_graph", lambda p, listing, *args: dropping_graph(p, listing, *args, drop_passes=1))
+    manifest = encode_beam(src, tmp_path / "a", codec=CODEC, bpp=BPP, pipeline_args=IN_PROCESS, progress=False)
+    assert len(passes) == 2 and manifest["runner_lost_inputs"] == [1]
+    assert "dropped 1 of 9 input(s)" in caplog.text
+    assert set(rows_by_id(str(tmp_path / "a"))) == set(GOOD) and set(rejected_by_id(str(tmp_path / "a"))) == set(BAD)
+
+    passes.clear()
+    monkeypatch.setattr(jobs, "encode_graph", lambda p, listing, *args: dropping_graph(p, listing, *args, drop_passes=9))
+    with pytest.raises(ArchiveError, match=r"dropped inputs without an error in 3 passes \(1, 1, 1 inputs\).*run the same command again"):
+        encode_beam(src, tmp_path / "b", codec=CODEC, bpp=BPP, pipeline_args=IN_PROCESS, progress=False)
+    assert set(rows_by_id(str(tmp_path / "b"))) == set(GOOD) - {"sub/d.png"}
 
 
 def test_resume_and_restore_on_a_layout_1_archive(tmp_path):

@@ -5,7 +5,8 @@ For each size (default 1,000, 10,000 and 100,000) the bench makes that many smal
 jpeg codec: the per-input work every engine does, nothing else) and then each engine's encode in its
 own process: images per second, the ratio to the plain loop, the driver's peak memory (its own
 ``ru_maxrss``) and the largest peak of its worker processes (every descendant process, sampled), and
-whether every input is archived exactly once. ``--damage N`` adds N random damages (a flipped byte
+whether every input is archived exactly once (``runner_dropped``: inputs the engine's runner dropped
+without an error and a further pass encoded: ``encode_beam``). ``--damage N`` adds N random damages (a flipped byte
 or a truncation of a random file of a small archive: data pages, footers, manifest, rejected table)
 and counts what ``verify`` reports and any row that decodes to wrong pixels without being reported.
 Results go to ``--out`` (scale.json, scale.csv).
@@ -46,6 +47,7 @@ start = time.perf_counter()
 manifest = encode(src, dst, codec="jpeg", bpp=2.0, progress=False)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "archived": manifest["archived"], "rejected": manifest["rejected"],
+                  "runner_dropped": sum(manifest.get("runner_lost_inputs") or []),
                   "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -238,7 +240,8 @@ def run_scale(args: argparse.Namespace) -> int:
                     row.update(images_per_s=round(rate, 1), ratio=round(rate / loop_rate, 3),
                                seconds=round(result["seconds"], 2), driver_peak_mb=round(result["driver_peak_mb"], 1),
                                worker_peak_mb=result["worker_peak_mb"],
-                               all_workers_peak_mb=result["all_workers_peak_mb"], **_exactly_once(dst, n))
+                               all_workers_peak_mb=result["all_workers_peak_mb"],
+                               runner_dropped=result.get("runner_dropped", 0), **_exactly_once(dst, n))
                 rows.append(row)
                 print(f"{n:>7} {engine:<11} " + ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("size", "engine")),
                       flush=True)
@@ -255,7 +258,7 @@ def run_scale(args: argparse.Namespace) -> int:
               "codec": "jpeg", "bpp": 2.0, "image": "64x64 JPEG", "rows": rows, "damage": damage}
     (out / "scale.json").write_text(json.dumps(report, indent=2))
     fields = ["size", "engine", "images_per_s", "ratio", "seconds", "driver_peak_mb", "worker_peak_mb",
-              "all_workers_peak_mb", "lost", "duplicated", "error"]
+              "all_workers_peak_mb", "lost", "duplicated", "runner_dropped", "error"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

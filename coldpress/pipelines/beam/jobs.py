@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import time
 import uuid
@@ -28,6 +29,10 @@ from coldpress.pipelines.beam.read import InputListing, ReadImages, write_listin
 from coldpress.pipelines.beam.encode import EncodeImages
 from coldpress.pipelines.beam.write import TakeRetries, WriteArchive
 from coldpress.pipelines.beam.restore import RestoreImages
+
+log = logging.getLogger(__name__)
+#: Further passes over the inputs a runner dropped without failing the job (see ``encode_beam``).
+RUNNER_LOSS_PASSES = 2
 
 
 @leased
@@ -67,10 +72,8 @@ def encode_beam(
     codec_options = dict(codec_options or {})
     the_codec = resolve_codec(codec, **codec_options)  # a bad name or missing model fails here, not in a worker
     large_model, copies = _sharing(options, the_codec, codec_options)
-    plan = plan_encode(str(src), str(dst), storage_options, resume=resume)
     runner = options.view_as(StandardOptions).runner
-    extra = run_manifest(ENGINE, plan, the_codec, bpp, resume=resume, strict=strict, elapsed_s=0.0,
-                         runner=runner if isinstance(runner, str) else type(runner).__name__, large_model=large_model)
+    runner_name = runner if isinstance(runner, str) else type(runner).__name__
     threads = None
     direct = options.view_as(DirectOptions)
     if _runner_name(options) == DEFAULT_RUNNER.lower() and direct.direct_running_mode == "multi_processing":
@@ -82,20 +85,53 @@ def encode_beam(
         codec_options = {**the_codec.options(), **codec_options}
     else:
         codec_spec = the_codec
-    listing, listing_folder = write_listing(plan.todo, str(dst), storage_options)
+    # Every planned input must come back archived or rejected. A runner that drops elements without
+    # failing the job (FnApiRunner's multi_processing mode did, now and then, at 100,000 inputs:
+    # results/scale/README.md) is caught here by the counts, and the inputs it dropped are encoded by
+    # another pass over what is still missing, as a resumed run would; the manifest says how many.
+    lost_by_pass: list[int] = []
+    for attempt in range(1 + RUNNER_LOSS_PASSES):
+        plan = plan_encode(str(src), str(dst), storage_options, resume=resume or attempt > 0)
+        extra = run_manifest(ENGINE, plan, the_codec, bpp, resume=resume or attempt > 0, strict=strict,
+                             elapsed_s=0.0, runner=runner_name, large_model=large_model)
+        if lost_by_pass:
+            extra["runner_lost_inputs"] = list(lost_by_pass)
+        manifest = _encode_pass(options, plan, storage_options, the_codec, codec_spec, codec_options, bpp,
+                                max_batch_size, large_model, copies, threads, str(dst), rows_per_shard, extra, launched)
+        lost = len(plan.todo) - int(manifest.get("archived") or 0) - int(manifest.get("rejected") or 0)
+        if lost <= 0:
+            break
+        lost_by_pass.append(lost)
+        log.warning("the Beam runner %s dropped %d of %d input(s) without an error (neither archived nor rejected); "
+                    "encoding them in another pass", runner_name, lost, len(plan.todo))
+    else:
+        raise ArchiveError(
+            f"the Beam runner {runner_name} dropped inputs without an error in {len(lost_by_pass)} passes "
+            f"({', '.join(map(str, lost_by_pass))} inputs): what it archived is kept in {dst}; run the same command "
+            "again to encode the rest, or choose another runner or running mode (e.g. "
+            "--direct_running_mode multi_threading, or --engine local)")
+    manifest.setdefault("launcher_elapsed_s", round(time.monotonic() - started, 3))
+    check_strict(manifest, plan, strict)
+    return manifest
+
+
+def _encode_pass(options: PipelineOptions, plan: Any, storage_options: Mapping[str, Any] | None, the_codec: Codec,
+                 codec_spec: str | Codec, codec_options: dict[str, Any], bpp: float, max_batch_size: int,
+                 large_model: bool, copies: int | None, threads: int | None, dst: str, rows_per_shard: int,
+                 extra: dict[str, Any], launched: float) -> dict[str, Any]:
+    """One run of the encode pipeline over ``plan.todo``; the manifest it wrote."""
+    listing, listing_folder = write_listing(plan.todo, dst, storage_options)
     try:
         _run_encode(options, listing, storage_options, the_codec, codec_spec, codec_options, bpp, max_batch_size,
-                    large_model, copies, threads, str(dst), rows_per_shard, extra, launched)
+                    large_model, copies, threads, dst, rows_per_shard, extra, launched)
     finally:
-        remove_listing(listing_folder, str(dst), storage_options)
+        remove_listing(listing_folder, dst, storage_options)
     # The workers wrote the archive through their own filesystems: what this one listed when it
     # planned the run is stale (s3fs caches listings; without this it finds no manifest).
     plan.dst_fs.invalidate_cache()
-    manifest = read_manifest(str(dst), filesystem=plan.dst_fs)
+    manifest = read_manifest(dst, filesystem=plan.dst_fs)
     if manifest is None:  # pragma: no cover - the pipeline succeeded, so its last step wrote it
         raise ArchiveError(f"the Beam job finished but {dst} has no manifest; run the job again (it resumes)")
-    manifest.setdefault("launcher_elapsed_s", round(time.monotonic() - started, 3))
-    check_strict(manifest, plan, strict)
     return manifest
 
 
