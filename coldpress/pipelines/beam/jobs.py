@@ -87,7 +87,7 @@ def encode_beam(
         codec_spec = the_codec
     # Every planned input must come back archived or rejected. A runner that drops elements without
     # failing the job (FnApiRunner's multi_processing mode did, now and then, at 100,000 inputs:
-    # results/scale/README.md) is caught here by the counts, and the inputs it dropped are encoded by
+    # results/scale/README.md; see also make_pipeline) is caught here by the counts, and the inputs it dropped are encoded by
     # another pass over what is still missing, as a resumed run would; the manifest says how many.
     lost_by_pass: list[int] = []
     for attempt in range(1 + RUNNER_LOSS_PASSES):
@@ -109,7 +109,7 @@ def encode_beam(
             f"the Beam runner {runner_name} dropped inputs without an error in {len(lost_by_pass)} passes "
             f"({', '.join(map(str, lost_by_pass))} inputs): what it archived is kept in {dst}; run the same command "
             "again to encode the rest, or choose another runner or running mode (e.g. "
-            "--direct_running_mode multi_threading, or --engine local)")
+            "--beam-option=--direct_num_workers=1, or --engine local or ray)")
     manifest.setdefault("launcher_elapsed_s", round(time.monotonic() - started, 3))
     check_strict(manifest, plan, strict)
     return manifest

@@ -127,7 +127,15 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     if _runner_name(options) != DEFAULT_RUNNER.lower():
         return beam.Pipeline(options=options)
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
+
+    # Size-based flushing only on the runner's data streams. With a time limit, a timer thread flushes
+    # them every second while another thread writes a stage's input, and the bytes written between its
+    # get() and _clear() are discarded (apache_beam/runners/worker/data_plane.py,
+    # TimeBasedBufferingClosableOutputStream, 2.77.0): the likely cause of inputs dropped without an
+    # error in multi_processing mode (results/scale/README.md). A batch job loses nothing by it: every
+    # stream is flushed when it closes. encode_beam still checks that nothing was dropped.
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
