@@ -266,6 +266,40 @@ def test_context_parameters_do_not_depend_on_thread_count(codec, photo):
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec, photo):
+    """The context is computed on the non-anchors only, from the taps that reach anchors: the values
+    there must be the full fixed-point computation's, exactly (the goldens pin the bitstreams too)."""
+    import torch.nn.functional as F
+
+    from coldpress.codec.fixedpoint import _exact_conv, _exact_conv_at
+    from coldpress.codec.networks import anchor_mask
+
+    if not codec.loaded.has_context:
+        pytest.skip("the default model has no spatial context")
+    loaded = codec.loaded
+    y, z = codec._hyper(codec.analysis(photo, 8), 40)
+    z_hat = codec.net.entropy_bottleneck.decompress(codec.net.entropy_bottleneck.compress(z), z.shape[-2:])
+    means, scales = loaded.hyper_parameters(z_hat)
+    anchors_hat = torch.round(y - means) + means
+    anchor = anchor_mask(*means.shape[-2:])
+    ctx = loaded.ctx_fixed(anchors_hat.double() * anchor)
+    d_means, d_scales = loaded.ep_fixed(torch.cat([means, scales, ctx], dim=1)).chunk(2, dim=1)
+    c_means, c_scales = loaded.context_parameters(anchors_hat + 7.0 * ~anchor, means, scales)  # non-anchors unread
+    assert torch.equal(c_means[..., ~anchor], (means + d_means)[..., ~anchor])
+    assert torch.equal(c_scales[..., ~anchor], (scales + d_scales)[..., ~anchor])
+    assert torch.equal(c_means[..., anchor], means[..., anchor])
+
+    # And on random integers, odd sizes and a 3x3 kernel, against the whole convolution.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2**16, 2**16, (2, 5, 7, 9), generator=gen).double() * anchor_mask(7, 9)
+    w = torch.randint(-2047, 2048, (4, 5, 3, 3), generator=gen).double()
+    rows, cols = (~anchor_mask(7, 9)).nonzero(as_tuple=True)
+    taps = (torch.arange(3)[:, None] + torch.arange(3)[None, :]) % 2 == 1
+    full = _exact_conv(x, w)
+    assert torch.equal(_exact_conv_at(x, w, (rows, cols, taps))[:, :, 0], full[..., rows, cols])
+    assert not torch.equal(F.conv2d(x, w * taps, padding=1)[..., ~anchor_mask(7, 9)].flatten(), torch.zeros(2 * 4 * 31))
+
+
 def test_bitstreams_of_older_shipped_models_still_decode(photo):
     """Archives outlive the default model: a bitstream loads the shipped model that made it."""
     from coldpress.codec import decode_bitstream

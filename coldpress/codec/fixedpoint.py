@@ -47,6 +47,26 @@ def _exact_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (w.reshape(w.shape[0], -1) @ cols).reshape(n, w.shape[0], h, width)
 
 
+def _exact_conv_at(x: torch.Tensor, w: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``_exact_conv(x, w)`` at some output positions only, from some kernel taps only: (n, cout, 1, len(rows)).
+
+    ``at`` = (rows, cols, taps): the output positions, and a (k, k) bool mask of the taps that can see a
+    nonzero input from them (e.g. a checkerboard context's output on the non-anchors reads only the
+    anchors: the taps whose row plus column offset is odd). The same integer products are summed,
+    the skipped ones being products with zero, so the values are the full convolution's, exactly,
+    for about a quarter of its work there.
+    """
+    rows, cols, taps = at
+    k = w.shape[-1]
+    pad = k // 2
+    xp = F.pad(x, (pad, pad, pad, pad))
+    offsets = taps.nonzero().tolist()
+    gathered = torch.stack([xp[:, :, rows + di, cols + dj] for di, dj in offsets], dim=2)  # (n, cin, taps, m)
+    n, cin, t, m = gathered.shape
+    weights = torch.stack([w[:, :, di, dj] for di, dj in offsets], dim=2).reshape(w.shape[0], cin * t)
+    return (weights @ gathered.reshape(n, cin * t, m)).unsqueeze(2)
+
+
 class FixedPointStack(nn.Module):
     """Integer version of a ``net`` Sequential of convolutions, ReLUs and pixel shuffles (for example
     ``networks.HyperSynthesis``); built by ``from_float`` or loaded from tensors. The output (of the
@@ -132,14 +152,26 @@ class FixedPointStack(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The output in float64, bit-identical on every device, thread count and process."""
+    def forward(self, inputs: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """The output in float64, bit-identical on every device, thread count and process.
+
+        ``at``: (rows, cols, taps) to compute only those output positions from only those taps of the
+        first convolution (``_exact_conv_at``); the output is then (n, c, 1, len(rows)), and every
+        later layer must work position by position (1x1 convolutions, ReLU).
+        """
         frac = [int(v) for v in self.frac_bits]
         x = torch.round(inputs.double() * 2.0 ** frac[0])
         ci = 0
         for op in self.layout:
             if op == "conv":
-                acc = _exact_conv(x, getattr(self, f"w{ci}").double())
+                w = getattr(self, f"w{ci}").double()
+                if at is not None and ci == 0:
+                    acc = _exact_conv_at(x, w, at)
+                elif at is not None and w.shape[-1] != 1:
+                    raise ValueError("a stack computed at some positions must be 1x1 after its first convolution")
+                else:
+                    acc = _exact_conv(x, w)
                 y = acc * getattr(self, f"scale{ci}")[None, :, None, None]
                 y = y + getattr(self, f"bias{ci}")[None, :, None, None]
                 ci += 1
@@ -148,6 +180,8 @@ class FixedPointStack(nn.Module):
                     break
                 x = torch.round(y * 2.0 ** frac[ci]).clamp_(-ACT_LIMIT, ACT_LIMIT)
             elif op == "shuffle":
+                if at is not None:
+                    raise ValueError("a stack computed at some positions cannot shuffle pixels")
                 x = F.pixel_shuffle(x, 2)
             elif op == "relu":
                 x = torch.relu(x)
