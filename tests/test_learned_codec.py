@@ -219,14 +219,20 @@ def test_new_exports_decode_like_an_untiled_decode():
     net, loaded = codec.net, codec.loaded
     radius = synthesis_receptive_radius(net.g_s, net.cfg.latent_channels)
     assert 100 <= radius <= 128  # about 6.7 latent positions of the 1/16 latent, counted in whole positions
-    tiling = decode_tiling_for(net.g_s, net.cfg, tile=256)
+    tiling = decode_tiling_for(net.g_s, net.cfg, tile=64)
     assert tiling.halo >= radius and tiling.halo % net.cfg.latent_stride == 0
-    data = codec.encode(natural_image(96, 768, "RGB", seed=5), 0.03).bitstream
+    # The balanced grid of this tiling cuts the 12x48 latent of a 192x768 image into several tiles.
+    from coldpress.codec.learned import balanced_grid
+
+    s = net.cfg.latent_stride
+    rows, cols = balanced_grid(192 // s, 768 // s, tiling.tile // s, tiling.halo // s)
+    assert (len(rows) - 1) * (len(cols) - 1) > 1
+    data = codec.encode(natural_image(192, 768, "RGB", seed=5), 0.03).bitstream
     params = container.unpack(data)
     decoded = {}
     recorded = loaded.decode_tiling
     try:
-        for name, t in (("untiled", DecodeTiling(1 << 20, 0)), ("new", tiling), ("legacy", DecodeTiling(256, 64))):
+        for name, t in (("untiled", DecodeTiling(1 << 20, 0)), ("new", tiling), ("short halo", DecodeTiling(64, 64))):
             loaded.decode_tiling = t
             codec.forget_decodes()  # decode each time under this tiling, not from what the encode kept
             decoded[name] = codec.decode(data)
@@ -234,7 +240,21 @@ def test_new_exports_decode_like_an_untiled_decode():
         loaded.decode_tiling = recorded  # the shared model's own (v1/v2: LEGACY_DECODE_TILING)
     assert params.width == 768
     assert np.array_equal(decoded["new"], decoded["untiled"])
-    assert not np.array_equal(decoded["legacy"], decoded["untiled"])
+    assert not np.array_equal(decoded["short halo"], decoded["untiled"])  # a 64 px halo, as v1/v2's, is not enough
+
+
+def test_balanced_decode_grid_bounds_each_tile_and_covers_the_latent():
+    from coldpress.codec.learned import balanced_grid
+
+    for h, w in ((1, 500), (54, 72), (65, 64), (108, 144), (200, 300), (513, 97)):
+        rows, cols = balanced_grid(h, w, 64, 7)
+        assert rows[0] == 0 and rows[-1] == h and cols[0] == 0 and cols[-1] == w
+        assert all(b > a for a, b in zip(rows, rows[1:])) and all(b > a for a, b in zip(cols, cols[1:]))
+        for a, b in zip(rows, rows[1:]):
+            for c, d in zip(cols, cols[1:]):
+                assert (min(h, b + 7) - max(0, a - 7)) * (min(w, d + 7) - max(0, c - 7)) <= (64 + 14) ** 2
+    assert balanced_grid(54, 72, 64, 7) == ([0, 54], [0, 72])  # 1152x864: one tile, no halo work
+    assert len(balanced_grid(108, 144, 64, 7)[0]) == 3  # 2304x1728: 2 x 2, not 2 x 3 square tiles
 
 
 def test_bitstream_from_another_model_is_refused(codec, photo):

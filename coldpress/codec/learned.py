@@ -44,7 +44,7 @@ from PIL import Image
 from coldpress.codec import slice_coding
 from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
-from coldpress.codec.models import LoadedModel, load_model
+from coldpress.codec.models import LEGACY_DECODE_TILING, LoadedModel, load_model
 from coldpress.codec.networks import anchor_mask
 from coldpress.codec.refine import EFFORTS, REFINE_MAX_PIXELS, Refiner, check_effort
 from coldpress.codec.registry import register
@@ -72,25 +72,60 @@ def _scaled_size(w: int, h: int, eighths: int) -> tuple[int, int]:
     return max(1, math.ceil(w * eighths / 8)), max(1, math.ceil(h * eighths / 8))
 
 
-def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int) -> torch.Tensor:
+def _cuts(n: int, parts: int) -> list[int]:
+    """Starts of ``parts`` near-equal pieces of ``range(n)`` (and n)."""
+    return [n * i // parts for i in range(parts + 1)]
+
+
+def balanced_grid(h: int, w: int, tile: int, halo: int) -> tuple[list[int], list[int]]:
+    """Row and column cuts of the fewest-work grid whose tiles, halo included, are no larger in area than
+    a ``tile`` x ``tile`` tile with its halo on every side: the working set of a square tiling, without
+    its per-pixel overhead on sizes just past a tile (1152x864 decodes untiled, not as 2 tiles)."""
+    budget = (tile + 2 * halo) ** 2
+    best = None
+    for ny in range(1, math.ceil(h / max(1, tile)) * 2 + 1):
+        for nx in range(1, math.ceil(w / max(1, tile)) * 2 + 1):
+            rows, cols = _cuts(h, ny), _cuts(w, nx)
+            th = max(min(h, b + halo) - max(0, a - halo) for a, b in zip(rows, rows[1:]))
+            tw = max(min(w, b + halo) - max(0, a - halo) for a, b in zip(cols, cols[1:]))
+            if th * tw > budget:
+                continue
+            work = (sum(min(h, b + halo) - max(0, a - halo) for a, b in zip(rows, rows[1:]))
+                    * sum(min(w, b + halo) - max(0, a - halo) for a, b in zip(cols, cols[1:])))
+            if best is None or work < best[0]:
+                best = (work, rows, cols)
+    if best is None:  # never: the square grid always fits
+        return list(range(0, h, tile)) + [h], list(range(0, w, tile)) + [w]
+    return best[1], best[2]
+
+
+def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int, balanced: bool = False) -> torch.Tensor:
     """Apply a fully convolutional ``fn`` tile by tile with a halo; output size = input * factor.
 
     ``align`` is the input granularity (tile origins and sizes are multiples of it), so the tiles'
-    outputs line up exactly.
+    outputs line up exactly. ``balanced``: the grid of ``balanced_grid`` (align 1 only), for a halo that
+    covers ``fn``'s receptive field, where the grid does not change the output; else square tiles
+    from the top left corner.
     """
     _, _, h, w = x.shape
-    if h <= tile and w <= tile:
+    if balanced and align == 1:
+        rows, cols = balanced_grid(h, w, tile, halo)
+    elif h <= tile and w <= tile:
+        return fn(x)
+    else:
+        rows, cols = list(range(0, h, tile)) + [h], list(range(0, w, tile)) + [w]
+    if len(rows) == 2 and len(cols) == 2:
         return fn(x)
     out = None
-    for top in range(0, h, tile):
-        for left in range(0, w, tile):
+    for top, bottom in zip(rows, rows[1:]):
+        for left, right in zip(cols, cols[1:]):
             t0, l0 = max(0, top - halo), max(0, left - halo)
-            t1, l1 = min(h, top + tile + halo), min(w, left + tile + halo)
+            t1, l1 = min(h, bottom + halo), min(w, right + halo)
             y = fn(x[:, :, t0:t1, l0:l1])
             if out is None:
                 out = y.new_empty(y.shape[0], y.shape[1], int(h * factor), int(w * factor))
             oy, ox = int((top - t0) * factor), int((left - l0) * factor)
-            th, tw = int(min(tile, h - top) * factor), int(min(tile, w - left) * factor)
+            th, tw = int((bottom - top) * factor), int((right - left) * factor)
             out[:, :, int(top * factor) : int(top * factor) + th, int(left * factor) : int(left * factor) + tw] = y[
                 :, :, oy : oy + th, ox : ox + tw
             ]
@@ -461,7 +496,10 @@ class LearnedCodec(Codec):
         y_hat = (y_hat.to(self.device, dtype) * inv_gain.to(dtype)).contiguous(memory_format=layout)
         s = net.cfg.latent_stride
         tiling = self.loaded.decode_tiling
-        x_hat = _tiled(synthesis, y_hat, s, tiling.tile // s, tiling.halo // s, 1)
+        # A tiling whose halo covers the synthesis' receptive field (new exports; not v1/v2's legacy
+        # one) gives the untiled decode's pixels whatever the grid: the balanced grid does less work.
+        x_hat = _tiled(synthesis, y_hat, s, tiling.tile // s, tiling.halo // s, 1,
+                       balanced=tiling != LEGACY_DECODE_TILING)
         x_hat = x_hat[0, :, :sh, :sw].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         if (sw, sh) != (width, height):
             x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))
