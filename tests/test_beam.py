@@ -176,13 +176,15 @@ def test_inputs_a_runner_drops_silently_are_encoded_in_another_pass(tmp_path, mo
     monkeypatch.setattr(jobs, "encode_graph", lambda p, listing, *args: dropping_graph(p, listing, *args, drop_passes=1))
     manifest = encode_beam(src, tmp_path / "a", codec=CODEC, bpp=BPP, pipeline_args=IN_PROCESS, progress=False)
     assert len(passes) == 2 and manifest["runner_lost_inputs"] == [1]
+    assert (manifest["archived"], manifest["rejected"], manifest["skipped"]) == (5, 4, 0)  # over both passes
+    assert manifest["resume"] is True and len(manifest["run_id"]) == 32
     assert "dropped 1 of 9 input(s)" in caplog.text
     assert set(rows_by_id(str(tmp_path / "a"))) == set(GOOD) and set(rejected_by_id(str(tmp_path / "a"))) == set(BAD)
 
     passes.clear()
     monkeypatch.setattr(jobs, "encode_graph", lambda p, listing, *args: dropping_graph(p, listing, *args, drop_passes=9))
-    with pytest.raises(ArchiveError, match=r"dropped inputs without an error in 3 passes \(1, 1, 1 inputs\).*run the same command again"):
-        encode_beam(src, tmp_path / "b", codec=CODEC, bpp=BPP, pipeline_args=IN_PROCESS, progress=False)
+    with pytest.raises(ArchiveError, match=r"dropped inputs without an error in 3 passes \(1, 1, 1 inputs\).*without --no-resume"):
+        encode_beam(src, tmp_path / "b", codec=CODEC, bpp=BPP, resume=False, pipeline_args=IN_PROCESS, progress=False)
     assert set(rows_by_id(str(tmp_path / "b"))) == set(GOOD) - {"sub/d.png"}
 
 

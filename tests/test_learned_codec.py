@@ -219,6 +219,8 @@ def test_new_exports_decode_like_an_untiled_decode():
     net, loaded = codec.net, codec.loaded
     radius = synthesis_receptive_radius(net.g_s, net.cfg.latent_channels)
     assert 100 <= radius <= 128  # about 6.7 latent positions of the 1/16 latent, counted in whole positions
+    # The shipped model's recorded tiling covers the field: decodes use the balanced grid for it.
+    assert loaded.decode_tiling != LEGACY_DECODE_TILING and loaded.decode_tiling.halo >= radius
     tiling = decode_tiling_for(net.g_s, net.cfg, tile=64)
     assert tiling.halo >= radius and tiling.halo % net.cfg.latent_stride == 0
     # The balanced grid of this tiling cuts the 12x48 latent of a 192x768 image into several tiles.

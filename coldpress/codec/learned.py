@@ -496,10 +496,14 @@ class LearnedCodec(Codec):
         y_hat = (y_hat.to(self.device, dtype) * inv_gain.to(dtype)).contiguous(memory_format=layout)
         s = net.cfg.latent_stride
         tiling = self.loaded.decode_tiling
-        # A tiling whose halo covers the synthesis' receptive field (new exports; not v1/v2's legacy
-        # one) gives the untiled decode's pixels whatever the grid: the balanced grid does less work.
-        x_hat = _tiled(synthesis, y_hat, s, tiling.tile // s, tiling.halo // s, 1,
-                       balanced=tiling != LEGACY_DECODE_TILING)
+        # A tiling whose halo covers the synthesis' receptive field gives the untiled decode's pixels
+        # whatever the grid, so the balanced grid (less work) is used for it. Every recorded tiling is
+        # one: export records decode_tiling_for's, whose halo is the measured radius rounded up (8 s to
+        # measure, so not re-measured here; tests/test_learned_codec.py checks the shipped model's);
+        # models without one (v1/v2) decode on LEGACY_DECODE_TILING's square grid, as they always have.
+        needs_tiles = max(y_hat.shape[-2:]) > tiling.tile // s
+        balanced = tiling != LEGACY_DECODE_TILING and needs_tiles
+        x_hat = _tiled(synthesis, y_hat, s, max(1, tiling.tile // s), tiling.halo // s, 1, balanced=balanced)
         x_hat = x_hat[0, :, :sh, :sw].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         if (sw, sh) != (width, height):
             x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))

@@ -90,28 +90,39 @@ def encode_beam(
     # results/scale/README.md; see also make_pipeline) is caught here by the counts, and the inputs it dropped are encoded by
     # another pass over what is still missing, as a resumed run would; the manifest says how many.
     lost_by_pass: list[int] = []
+    first_plan, archived_total = None, 0
     for attempt in range(1 + RUNNER_LOSS_PASSES):
         plan = plan_encode(str(src), str(dst), storage_options, resume=resume or attempt > 0)
-        extra = run_manifest(ENGINE, plan, the_codec, bpp, resume=resume or attempt > 0, strict=strict,
+        first_plan = first_plan or plan
+        extra = run_manifest(ENGINE, plan, the_codec, bpp, resume=resume, strict=strict,
                              elapsed_s=0.0, runner=runner_name, large_model=large_model)
+        extra["run_id"] = uuid.uuid4().hex  # tells this pass's manifest from an earlier one left on disk
         if lost_by_pass:
             extra["runner_lost_inputs"] = list(lost_by_pass)
         manifest = _encode_pass(options, plan, storage_options, the_codec, codec_spec, codec_options, bpp,
                                 max_batch_size, large_model, copies, threads, str(dst), rows_per_shard, extra, launched)
-        lost = len(plan.todo) - int(manifest.get("archived") or 0) - int(manifest.get("rejected") or 0)
+        if manifest.get("run_id") != extra["run_id"]:  # the runner dropped the manifest's own input too
+            lost = len(plan.todo) or 1
+        else:
+            archived_total += int(manifest.get("archived") or 0)
+            lost = len(plan.todo) - int(manifest.get("archived") or 0) - int(manifest.get("rejected") or 0)
         if lost <= 0:
             break
         lost_by_pass.append(lost)
         log.warning("the Beam runner %s dropped %d of %d input(s) without an error (neither archived nor rejected); "
                     "encoding them in another pass", runner_name, lost, len(plan.todo))
     else:
+        again = "run the same command again" if resume else "run the command again without --no-resume"
         raise ArchiveError(
             f"the Beam runner {runner_name} dropped inputs without an error in {len(lost_by_pass)} passes "
-            f"({', '.join(map(str, lost_by_pass))} inputs): what it archived is kept in {dst}; run the same command "
-            "again to encode the rest, or choose another runner or running mode (e.g. "
+            f"({', '.join(map(str, lost_by_pass))} inputs): what it archived is kept in {dst}; {again} "
+            "to encode the rest, or choose another runner or running mode (e.g. "
             "--beam-option=--direct_num_workers=1, or --engine local or ray)")
+    if lost_by_pass:  # what this call did, over its passes (the file's manifest describes the last pass)
+        manifest = {**manifest, "archived": archived_total, "skipped": first_plan.skipped,
+                    "inputs_seen": len(first_plan.sources)}
     manifest.setdefault("launcher_elapsed_s", round(time.monotonic() - started, 3))
-    check_strict(manifest, plan, strict)
+    check_strict(manifest, first_plan, strict)
     return manifest
 
 
