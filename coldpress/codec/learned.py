@@ -77,26 +77,23 @@ def _cuts(n: int, parts: int) -> list[int]:
     return [n * i // parts for i in range(parts + 1)]
 
 
+def _spans(n: int, cuts: list[int], halo: int) -> list[int]:
+    """Lengths of the pieces between ``cuts`` of ``range(n)``, each with its halo (clipped to the edges)."""
+    return [min(n, b + halo) - max(0, a - halo) for a, b in zip(cuts, cuts[1:])]
+
+
 def balanced_grid(h: int, w: int, tile: int, halo: int) -> tuple[list[int], list[int]]:
     """Row and column cuts of the fewest-work grid whose tiles, halo included, are no larger in area than
     a ``tile`` x ``tile`` tile with its halo on every side: the working set of a square tiling, without
-    its per-pixel overhead on sizes just past a tile (1152x864 decodes untiled, not as 2 tiles)."""
+    its per-pixel overhead on sizes just past a tile (1152x864 decodes untiled, not as 2 tiles). The
+    square grid's counts are among those tried, so a grid always fits."""
     budget = (tile + 2 * halo) ** 2
-    best = None
-    for ny in range(1, math.ceil(h / max(1, tile)) * 2 + 1):
-        for nx in range(1, math.ceil(w / max(1, tile)) * 2 + 1):
-            rows, cols = _cuts(h, ny), _cuts(w, nx)
-            th = max(min(h, b + halo) - max(0, a - halo) for a, b in zip(rows, rows[1:]))
-            tw = max(min(w, b + halo) - max(0, a - halo) for a, b in zip(cols, cols[1:]))
-            if th * tw > budget:
-                continue
-            work = (sum(min(h, b + halo) - max(0, a - halo) for a, b in zip(rows, rows[1:]))
-                    * sum(min(w, b + halo) - max(0, a - halo) for a, b in zip(cols, cols[1:])))
-            if best is None or work < best[0]:
-                best = (work, rows, cols)
-    if best is None:  # never: the square grid always fits
-        return list(range(0, h, tile)) + [h], list(range(0, w, tile)) + [w]
-    return best[1], best[2]
+    row_options = [(_spans(h, c, halo), c) for c in (_cuts(h, n) for n in range(1, 2 * math.ceil(h / tile) + 1))]
+    col_options = [(_spans(w, c, halo), c) for c in (_cuts(w, n) for n in range(1, 2 * math.ceil(w / tile) + 1))]
+    # Least work first, then fewest tiles (with no halo, splitting costs nothing but calls).
+    *_, rows, cols = min((sum(rs) * sum(cs), len(rs) * len(cs), r, c) for rs, r in row_options
+                         for cs, c in col_options if max(rs) * max(cs) <= budget)
+    return rows, cols
 
 
 def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int, balanced: bool = False) -> torch.Tensor:
@@ -110,8 +107,6 @@ def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int,
     _, _, h, w = x.shape
     if balanced and align == 1:
         rows, cols = balanced_grid(h, w, tile, halo)
-    elif h <= tile and w <= tile:
-        return fn(x)
     else:
         rows, cols = list(range(0, h, tile)) + [h], list(range(0, w, tile)) + [w]
     if len(rows) == 2 and len(cols) == 2:
@@ -501,9 +496,8 @@ class LearnedCodec(Codec):
         # one: export records decode_tiling_for's, whose halo is the measured radius rounded up (8 s to
         # measure, so not re-measured here; tests/test_learned_codec.py checks the shipped model's);
         # models without one (v1/v2) decode on LEGACY_DECODE_TILING's square grid, as they always have.
-        needs_tiles = max(y_hat.shape[-2:]) > tiling.tile // s
-        balanced = tiling != LEGACY_DECODE_TILING and needs_tiles
-        x_hat = _tiled(synthesis, y_hat, s, max(1, tiling.tile // s), tiling.halo // s, 1, balanced=balanced)
+        x_hat = _tiled(synthesis, y_hat, s, max(1, tiling.tile // s), tiling.halo // s, 1,
+                       balanced=tiling != LEGACY_DECODE_TILING)
         x_hat = x_hat[0, :, :sh, :sw].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         if (sw, sh) != (width, height):
             x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))

@@ -170,7 +170,7 @@ class LoadedModel:
         at = (rows.to(dev), cols.to(dev), taps)
         ctx = self.ctx_fixed(anchors_hat.double().to(dev), at=at)  # (n, c, 1, positions)
         m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
-        d_means, d_scales = self.ep_fixed(torch.cat([m_at.to(dev), s_at.to(dev), ctx], dim=1), at=None).chunk(2, dim=1)
+        d_means, d_scales = self.ep_fixed(torch.cat([m_at.to(dev), s_at.to(dev), ctx], dim=1)).chunk(2, dim=1)
         c_means, c_scales = means.clone(), scales.clone()
         c_means[..., rows, cols] = m_at[:, :, 0] + d_means[:, :, 0].cpu()
         c_scales[..., rows, cols] = s_at[:, :, 0] + d_scales[:, :, 0].cpu()

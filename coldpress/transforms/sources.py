@@ -261,6 +261,14 @@ def source_sha256(data: bytes | SourceFile) -> str:
     return data.sha256 if isinstance(data, SourceFile) else hashlib.sha256(data).hexdigest()
 
 
+def _read_or_error(uri: str, storage_options: dict[str, Any] | None) -> bytes | SourceFile | Exception:
+    """``read_source``, or the exception it raised (``records.process_input`` rejects it with the reason)."""
+    try:
+        return read_source(uri, storage_options)
+    except Exception as exc:  # noqa: BLE001 - becomes a rejected row with the reason
+        return exc
+
+
 def read_ahead(
     sources: list[tuple[str, str]], storage_options: dict[str, Any] | None = None
 ) -> Iterator[tuple[str, str, bytes | SourceFile | Exception]]:
@@ -277,11 +285,7 @@ def read_ahead(
         return
     if all(_is_local(uri) for uri, _ in sources):  # a local disk answers at once: threads only cost
         for uri, key in sources:
-            try:
-                data: bytes | SourceFile | Exception = read_source(uri, storage_options)
-            except Exception as exc:  # noqa: BLE001 - becomes a rejected row with the reason
-                data = exc
-            yield uri, key, data
+            yield uri, key, _read_or_error(uri, storage_options)
         return
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(sources)), thread_name_prefix="coldpress-read") as pool:
         pending: deque[tuple[str, str, Future]] = deque()
@@ -289,7 +293,7 @@ def read_ahead(
 
         def submit() -> None:
             for uri, key in it:
-                pending.append((uri, key, pool.submit(read_source, uri, storage_options)))
+                pending.append((uri, key, pool.submit(_read_or_error, uri, storage_options)))
                 return
 
         for _ in range(READ_AHEAD):
@@ -297,11 +301,7 @@ def read_ahead(
         while pending:
             uri, key, future = pending.popleft()
             submit()
-            try:
-                data: bytes | SourceFile | Exception = future.result()
-            except Exception as exc:  # noqa: BLE001 - becomes a rejected row with the reason
-                data = exc
-            yield uri, key, data
+            yield uri, key, future.result()
 
 
 def record_id(key: str) -> str:
