@@ -71,10 +71,11 @@ def test_killed_upload_leaves_nothing_visible_and_the_next_run_cleans_it(s3_serv
     fs.invalidate_cache()
     assert not fs.exists(f"{root}/part-00000.parquet")
     # And what a writer killed between its upload and its rename leaves: a complete temporary file,
-    # plus a Beam launcher's input listing.
+    # plus a Beam launcher's input listing and the rows its workers staged.
     fs.pipe_file(f"{root}/.part-00001.parquet.tmp-{'a' * 32}", b"PAR1 half a shard")
     fs.pipe_file(f"{root}/_rejected/.rejected.parquet.tmp-{'b' * 32}", b"PAR1 half a table")
     fs.pipe_file(f"{root}/_inputs/{'c' * 32}/part-00000.jsonl", b'["s3://x/y.png", "y.png"]\n')
+    fs.pipe_file(f"{root}/_staging/{'d' * 32}/{'e' * 32}.parquet", b"PAR1 rows a killed Beam worker staged")
 
     options = {"client_kwargs": {"endpoint_url": s3_server}, "skip_instance_cache": True}
     manifest = encode_local(f"s3://{s3_bucket}/src", f"s3://{root}", codec="jpeg", bpp=2.0, rows_per_shard=4,

@@ -4,6 +4,7 @@ Ray blocks are sized for large counts, and the Beam job graph does not carry the
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -103,10 +104,15 @@ def test_beam_graph_holds_the_listing_not_the_inputs(tmp_path):
     assert isinstance(listing_many, InputListing) and len(listing_many) == 3
     assert graph_bytes(listing_many) - graph_bytes(listing_few) < 1000  # two more part names
     assert graph_bytes(many) - graph_bytes(few) > 200_000  # what a Create of the inputs carried (compressed)
-    # The pipeline reads every pair back, in order.
+    # The pipeline reads every pair back, in order, in chunks of consecutive inputs (at most 256, and
+    # one by one for small runs, so that a few large files still spread over the workers).
     from coldpress.pipelines.beam import _ReadListing
 
-    assert [pair for part in listing_many for pair in _ReadListing(None).process(part)] == many
+    assert (listing_few.chunk, listing_many.chunk) == (1, 256)
+    chunks = [chunk for part in listing_many for chunk in _ReadListing(None, listing_many.chunk).process(part)]
+    assert [pair for chunk in chunks for pair in chunk] == many
+    assert max(map(len, chunks)) == 256 and len(chunks) == 3 * -(-10_000 // 256)
+    assert pickle.loads(pickle.dumps(listing_many)).chunk == 256  # as it travels in the job graph
     assert Path(folder).parent.name == "_inputs"
     del beam
 
@@ -118,7 +124,7 @@ def test_beam_encode_removes_its_listing(jpeg_tree, tmp_path):
     manifest = encode_beam(jpeg_tree, tmp_path / "beam", codec="jpeg", bpp=BPP, rows_per_shard=16, progress=False,
                            pipeline_args=["--direct_num_workers=1"])
     assert (manifest["archived"], manifest["rejected"]) == (70, 2)
-    assert not (tmp_path / "beam" / "_inputs").exists()
+    assert not (tmp_path / "beam" / "_inputs").exists() and not (tmp_path / "beam" / "_staging").exists()
     local = encode_local(jpeg_tree, tmp_path / "local", codec="jpeg", bpp=BPP, rows_per_shard=16, progress=False)
     assert local["num_rows"] == 70
     assert _shards(tmp_path / "beam") == _shards(tmp_path / "local")

@@ -20,6 +20,7 @@ from coldpress.errors import ArchiveError
 from coldpress.transforms import retries
 from coldpress.transforms.archive import DEFAULT_ROWS_PER_SHARD, open_archive, read_manifest
 from coldpress.transforms.archive.lease import leased
+from coldpress.transforms.archive.staging import remove_staging
 from coldpress.transforms.plan import (check_strict, join_destination, plan_encode, resolve_codec,
     restore_failures_error, run_manifest)
 from coldpress.transforms.sources import filesystem_for
@@ -137,6 +138,7 @@ def _encode_pass(options: PipelineOptions, plan: Any, storage_options: Mapping[s
                     large_model, copies, threads, dst, rows_per_shard, extra, launched)
     finally:
         remove_listing(listing_folder, dst, storage_options)
+        remove_staging(dst, extra["run_id"], storage_options)  # a failed run's staged rows (a finished run removed its own)
     # The workers wrote the archive through their own filesystems: what this one listed when it
     # planned the run is stale (s3fs caches listings; without this it finds no manifest).
     plan.dst_fs.invalidate_cache()
@@ -173,7 +175,7 @@ def encode_graph(p: beam.Pipeline, listing: InputListing, storage_options: Mappi
     counted = encoded[ARCHIVED] | "Take the storage retries of the reads" >> beam.ParDo(TakeRetries())
     _ = ({ARCHIVED: encoded[ARCHIVED], REJECTED: rejected, RETRIES: counted}
          | "Write the archive" >> WriteArchive(dst, storage_options, rows_per_shard=rows_per_shard,
-                                               manifest_extra=extra, launched=launched))
+                                               manifest_extra=extra, launched=launched, run=extra.get("run_id")))
 
 
 def restore_beam(

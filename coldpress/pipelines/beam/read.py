@@ -17,6 +17,8 @@ from coldpress.pipelines.beam.options import IMAGES, REJECTED, graph_storage_opt
 LISTING_PART_ROWS = 10_000
 #: Folder of the archive where a running encode keeps its input listing (removed when it ends).
 LISTING_DIR = "_inputs"
+#: Most consecutive inputs of a listing that travel to a worker together (``listing_chunk``).
+LISTING_CHUNK_MAX = 256
 
 
 class _ListSources(beam.DoFn):
@@ -54,7 +56,25 @@ class _ReadSource(beam.DoFn):
 class InputListing(tuple):
     """The part files (URLs or paths) of a run's input listing, written by ``write_listing``: one
     JSON ``[uri, key]`` per line. ``ReadImages`` reads them inside the pipeline, so the job graph
-    carries the part names (one per LISTING_PART_ROWS inputs), never the inputs themselves."""
+    carries the part names (one per LISTING_PART_ROWS inputs), never the inputs themselves.
+
+    ``chunk``: how many consecutive inputs travel to a worker together (``listing_chunk``), so that
+    each worker encodes runs of consecutive ids and the rows it stages (``WriteArchive``) hold
+    narrow id ranges that each shard's writer reads with few row groups."""
+
+    def __new__(cls, parts=(), chunk: int = 1):
+        listing = super().__new__(cls, parts)
+        listing.chunk = max(1, int(chunk))
+        return listing
+
+    def __reduce__(self):
+        return (InputListing, (tuple(self), self.chunk))
+
+
+def listing_chunk(inputs: int) -> int:
+    """Inputs that travel together when a run has ``inputs``: about 64 chunks or more (so that the
+    workers share the work evenly, also when a few large files dominate), at most LISTING_CHUNK_MAX."""
+    return max(1, min(LISTING_CHUNK_MAX, inputs // 64))
 
 
 def write_listing(sources: Sequence[tuple[str, str]], dst: str, storage_options: Mapping[str, Any] | None = None,
@@ -72,7 +92,7 @@ def write_listing(sources: Sequence[tuple[str, str]], dst: str, storage_options:
         with fs.open(path, "wb") as f:
             f.write(text.encode())
         parts.append(fs.unstrip_protocol(path) if "://" in str(dst) else path)
-    return InputListing(parts), folder
+    return InputListing(parts, listing_chunk(len(sources))), folder
 
 
 def remove_listing(folder: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -88,18 +108,25 @@ def remove_listing(folder: str, dst: str, storage_options: Mapping[str, Any] | N
 
 
 class _ReadListing(beam.DoFn):
-    """A part file of an InputListing -> its (uri, key) pairs."""
+    """A part file of an InputListing -> its (uri, key) pairs, in lists of ``chunk`` consecutive ones."""
 
-    def __init__(self, storage_options: Mapping[str, Any] | None) -> None:
+    def __init__(self, storage_options: Mapping[str, Any] | None, chunk: int = 1) -> None:
         self._storage_options = dict(storage_options or {}) or None
+        self._chunk = max(1, int(chunk))
 
     def process(self, part: str):
         fs, path = filesystem_for(part, self._storage_options)
+        chunk: list[tuple[str, str]] = []
         with fs.open(path, "rb") as f:
             for line in f:
                 if line.strip():
                     uri, key = json.loads(line)
-                    yield str(uri), str(key)
+                    chunk.append((str(uri), str(key)))
+                    if len(chunk) >= self._chunk:
+                        yield chunk
+                        chunk = []
+        if chunk:
+            yield chunk
 
 
 class ReadImages(beam.PTransform):
@@ -126,16 +153,19 @@ class ReadImages(beam.PTransform):
         self._storage_options = graph_storage_options(storage_options)
 
     def expand(self, pbegin):
-        if isinstance(self._src, str):
-            sources = (pbegin
-                       | "Name the source" >> beam.Create([self._src])
-                       | "List its files" >> beam.ParDo(_ListSources(self._storage_options)))
-        elif isinstance(self._src, InputListing):
+        if isinstance(self._src, InputListing):  # consecutive inputs travel together (InputListing.chunk)
             sources = (pbegin
                        | "Name the listing's parts" >> beam.Create(list(self._src), reshuffle=False)
-                       | "Read the listing" >> beam.ParDo(_ReadListing(self._storage_options)))
+                       | "Read the listing in chunks" >> beam.ParDo(_ReadListing(self._storage_options, self._src.chunk))
+                       | "Spread the chunks over the workers" >> beam.Reshuffle()
+                       | "Take each chunk's files" >> beam.FlatMap(lambda chunk: chunk))
         else:
-            sources = pbegin | "Take the planned files" >> beam.Create(self._src, reshuffle=False)
-        return (sources
-                | "Spread the reads over the workers" >> beam.Reshuffle()
-                | "Read each file" >> beam.ParDo(_ReadSource(self._storage_options)).with_outputs(REJECTED, main=IMAGES))
+            if isinstance(self._src, str):
+                sources = (pbegin
+                           | "Name the source" >> beam.Create([self._src])
+                           | "List its files" >> beam.ParDo(_ListSources(self._storage_options)))
+            else:
+                sources = pbegin | "Take the planned files" >> beam.Create(self._src, reshuffle=False)
+            sources = sources | "Spread the reads over the workers" >> beam.Reshuffle()
+        return sources | "Read each file" >> beam.ParDo(_ReadSource(self._storage_options)).with_outputs(
+            REJECTED, main=IMAGES)

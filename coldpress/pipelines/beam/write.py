@@ -1,11 +1,12 @@
-"""WriteArchive: archived rows cut into deterministic shards, then the rejected table and the manifest,
-which counts the storage retries of every worker (``TakeRetries``, ``transforms.retries``)."""
+"""WriteArchive: archived rows staged where they were encoded, cut into deterministic shards, then
+the rejected table and the manifest, which counts the storage retries of every worker
+(``TakeRetries``, ``transforms.retries``)."""
 
 from __future__ import annotations
 
-import bisect
 import datetime as _dt
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,8 +16,13 @@ from apache_beam.transforms.window import GlobalWindows
 from coldpress.transforms import retries
 from coldpress.transforms.archive import (DEFAULT_BYTES_PER_SHARD, DEFAULT_ROWS_PER_SHARD, ArchiveWriter,
     next_shard_index, write_shard)
+from coldpress.transforms.archive.staging import read_staged, remove_staging, stage_rows, staging_folder
 from coldpress.transforms.sources import filesystem_for
 from coldpress.pipelines.beam.options import ENGINE, ARCHIVED, REJECTED, RETRIES, graph_storage_options
+
+#: Rows, and bitstream bytes, of a staged part (``_StageRows``): what a worker holds before writing them.
+STAGED_PART_ROWS = 1_000
+STAGED_PART_BYTES = 64 << 20
 
 
 class TakeRetries(beam.DoFn):
@@ -34,48 +40,75 @@ class TakeRetries(beam.DoFn):
             yield GlobalWindows.windowed_value(seen)
 
 
-class _ShardStarts(beam.CombineFn):
-    """(id, bitstream bytes) of every archived row -> the first id of each shard, sorted.
+class _StageRows(beam.DoFn):
+    """Archived rows -> staged parts of the archive (``staging.stage_rows``), written where the rows
+    were encoded, each of at most ``part_rows`` rows or ``part_bytes`` bitstream bytes; outputs one
+    (part name, [(id, bitstream bytes)], the storage retries its process counted since it last took
+    them) per part: what the shard cut needs, never the rows, which so never pass through the runner
+    (FnApiRunner keeps every PCollection between stages in the launching process)."""
 
-    Rows are cut into shards in id order exactly as ArchiveWriter cuts them: a shard ends once it
-    holds ``rows_per_shard`` rows or ``bytes_per_shard`` bitstream bytes. The accumulator holds one
-    (id, size) pair per row (as ArchiveWriter holds the ids of its run).
-    """
+    def __init__(self, dst: str, storage_options: Mapping[str, Any] | None, run: str, part_rows: int,
+                 part_bytes: int) -> None:
+        self._dst, self._storage_options = dst, dict(storage_options or {}) or None
+        self._run, self._part_rows, self._part_bytes = run, part_rows, part_bytes
 
-    def __init__(self, rows_per_shard: int, bytes_per_shard: int) -> None:
-        self._rows, self._bytes = rows_per_shard, bytes_per_shard
+    def setup(self) -> None:
+        self._fs, _ = filesystem_for(self._dst, self._storage_options)
 
-    def create_accumulator(self):
-        return []
+    def start_bundle(self) -> None:
+        self._rows: list[Mapping[str, Any]] = []
+        self._bytes = 0
 
-    def add_input(self, accumulator, item):
-        accumulator.append(item)
-        return accumulator
+    def process(self, row: Mapping[str, Any]):
+        self._rows.append(row)
+        self._bytes += len(row["bitstream"])
+        if len(self._rows) >= self._part_rows or self._bytes >= self._part_bytes:
+            yield self._stage()
 
-    def merge_accumulators(self, accumulators):
-        merged = []
-        for acc in accumulators:
-            merged.extend(acc)
-        return merged
+    def finish_bundle(self):
+        if self._rows:
+            yield GlobalWindows.windowed_value(self._stage())
 
-    def extract_output(self, accumulator):
-        starts, rows, size = [], 0, 0
-        for rid, nbytes in sorted(accumulator):
-            if rows == 0:
-                starts.append(rid)
-            rows, size = rows + 1, size + nbytes
-            if rows >= self._rows or size >= self._bytes:
-                rows, size = 0, 0
-        return starts
+    def _stage(self) -> tuple[str, list[tuple[str, int]], dict[str, Any]]:
+        rows, self._rows, self._bytes = self._rows, [], 0
+        name, sizes = stage_rows(self._dst, self._run, rows, filesystem=self._fs)
+        return name, sizes, retries.take()
 
 
-def _shard_of(row: Mapping[str, Any], starts: list[str]) -> tuple[int, Mapping[str, Any]]:
-    return bisect.bisect_right(starts, row["id"]) - 1, row
+def cut_shards(parts: Iterable[tuple[str, list[tuple[str, int]], Any]], rows_per_shard: int,
+               bytes_per_shard: int) -> list[dict[str, list[str]]]:
+    """Staged parts (name, [(id, bitstream bytes)], ...) -> the shards, in id order, each as the
+    staged part name -> ids of its rows.
+
+    Rows are cut into shards in id order exactly as ArchiveWriter cuts them when given the rows in id
+    order (the local engine): a shard ends once it holds ``rows_per_shard`` rows or
+    ``bytes_per_shard`` bitstream bytes. An id staged twice (a runner that ran a task twice and kept
+    both outputs) is taken once, from the first part by name."""
+    where: dict[str, tuple[str, int]] = {}
+    for name, sizes, *_ in sorted(parts, key=lambda part: part[0]):
+        for rid, nbytes in sizes:
+            where.setdefault(rid, (name, nbytes))
+    shards: list[dict[str, list[str]]] = []
+    rows, size = 0, 0
+    for rid in sorted(where):
+        name, nbytes = where[rid]
+        if rows == 0:
+            shards.append({})
+        shards[-1].setdefault(name, []).append(rid)
+        rows, size = rows + 1, size + nbytes
+        if rows >= rows_per_shard or size >= bytes_per_shard:
+            rows, size = 0, 0
+    return shards
+
+
+def _number_shards(parts, rows_per_shard: int, bytes_per_shard: int):
+    yield from enumerate(cut_shards(parts, rows_per_shard, bytes_per_shard))
 
 
 class _WriteShard(beam.DoFn):
-    """(shard number, rows) -> (shard description, its ids, the storage retries its process counted
-    since it last took them: this write's, ``retries.take``), written with ``archive.write_shard``."""
+    """(shard number, staged part name -> ids) -> (shard description, its ids, the storage retries
+    its process counted since it last took them: this write's, ``retries.take``): the shard's rows
+    read back from the staged parts (``staging.read_staged``), written with ``archive.write_shard``."""
 
     def __init__(self, dst: str, storage_options: Mapping[str, Any] | None, first_index: int) -> None:
         self._dst, self._storage_options, self._first = dst, dict(storage_options or {}) or None, first_index
@@ -83,21 +116,21 @@ class _WriteShard(beam.DoFn):
     def setup(self) -> None:
         self._fs, _ = filesystem_for(self._dst, self._storage_options)
 
-    def process(self, shard: tuple[int, Iterable[Mapping[str, Any]]]):
-        number, rows = shard
-        rows = list(rows)
+    def process(self, shard: tuple[int, Mapping[str, list[str]]]):
+        number, selection = shard
+        table = read_staged(self._dst, selection, filesystem=self._fs)
         # overwrite: a retried bundle rewrites the same rows under the same name
-        info = write_shard(self._dst, self._first + number, rows, overwrite=True, filesystem=self._fs)
-        yield info, sorted(row["id"] for row in rows), retries.take()
+        info = write_shard(self._dst, self._first + number, table, overwrite=True, filesystem=self._fs)
+        yield info, table.column("id").to_pylist(), retries.take()
 
 
 class _FinishArchive(beam.DoFn):
     """Once every shard is written: the rejected table (merged with earlier runs') and the manifest."""
 
     def __init__(self, dst: str, storage_options: Mapping[str, Any] | None, manifest_extra: Mapping[str, Any],
-                 launched: float | None) -> None:
+                 launched: float | None, run: str) -> None:
         self._dst, self._storage_options = dst, dict(storage_options or {}) or None
-        self._extra, self._launched = dict(manifest_extra), launched
+        self._extra, self._launched, self._run = dict(manifest_extra), launched, run
 
     def process(self, shards: list[tuple[dict[str, Any], list[str], dict[str, Any]]], rejected: list[dict[str, Any]],
                 counted: list[dict[str, Any]] = ()):
@@ -116,6 +149,7 @@ class _FinishArchive(beam.DoFn):
             extra["elapsed_s"] = round(time.time() - self._launched, 3)
         extra["worker_storage_retries"] = gathered
         manifest = writer.close(extra)
+        remove_staging(self._dst, self._run, filesystem=fs)  # every staged row is in a shard now
         retries.take()  # the writer's own calls are in the manifest: never taken into another one
         yield manifest
 
@@ -123,42 +157,55 @@ class _FinishArchive(beam.DoFn):
 class WriteArchive(beam.PTransform):
     """Write ``{"archived": rows, "rejected": rows}`` as the archive ``dst``; outputs its manifest.
 
-    Archived rows are cut into shards of consecutive ids (as ArchiveWriter cuts them: same shard
-    boundaries as the local engine for the same rows), grouped, and each shard is written by one
-    worker with ``archive.write_shard``, under indexes after the shards already in ``dst``. Then one
-    worker writes the rejected table (merged with earlier runs') and the manifest through
-    ArchiveWriter. ``manifest_extra`` are the engine's manifest keys (``plan.run_manifest``).
+    Archived rows are written where they were encoded as staged parts under ``dst/_staging/<run>/``
+    (``staging.stage_rows``, at most ``part_rows`` rows each); only their ids and sizes travel on,
+    are gathered, and cut into shards of consecutive ids (``cut_shards``: the shard boundaries of
+    the local engine for the same rows). Each shard is then read back from the staged parts and
+    written by one worker with ``archive.write_shard``, under indexes after the shards already in
+    ``dst``. Then one worker writes the rejected table (merged with earlier runs') and the manifest
+    through ArchiveWriter, and removes the staged parts. ``manifest_extra`` are the engine's
+    manifest keys (``plan.run_manifest``). So neither the runner nor any one worker holds more than
+    a shard's rows: on FnApiRunner, whose launching process keeps every PCollection between stages,
+    100,000 rows held for the cut cost that process 1.2 GB (results/scale/README.md).
 
-    The manifest's ``storage_retries`` sum what the shard writes, the writer of the manifest and
-    the optional ``storage_retries`` input (``TakeRetries`` applied to the stages that read and
-    encode; ``encode_beam`` does) counted (``transforms.retries``).
+    The manifest's ``storage_retries`` sum what the staging and shard writes, the writer of the
+    manifest and the optional ``storage_retries`` input (``TakeRetries`` applied to the stages that
+    read and encode; ``encode_beam`` does) counted (``transforms.retries``).
     """
 
     def __init__(self, dst: str, storage_options: Mapping[str, Any] | None = None, *,
                  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, bytes_per_shard: int = DEFAULT_BYTES_PER_SHARD,
-                 manifest_extra: Mapping[str, Any] | None = None, launched: float | None = None) -> None:
+                 manifest_extra: Mapping[str, Any] | None = None, launched: float | None = None,
+                 run: str | None = None, part_rows: int = STAGED_PART_ROWS,
+                 part_bytes: int = STAGED_PART_BYTES) -> None:
         super().__init__()
-        if rows_per_shard < 1 or bytes_per_shard < 1:
-            raise ValueError("rows_per_shard and bytes_per_shard must be positive")
+        if rows_per_shard < 1 or bytes_per_shard < 1 or part_rows < 1 or part_bytes < 1:
+            raise ValueError("rows_per_shard, bytes_per_shard, part_rows and part_bytes must be positive")
         self._dst, self._storage_options = str(dst), graph_storage_options(storage_options)
         self._rows, self._bytes = rows_per_shard, bytes_per_shard
         self._extra = dict(manifest_extra or {"engine": ENGINE})
         self._launched = launched
+        self._run = run or uuid.uuid4().hex  # names the staging folder (staging.staging_folder checks it)
+        staging_folder(self._run)
+        self._part_rows, self._part_bytes = part_rows, part_bytes
 
     def expand(self, rows):
         archived, rejected = rows[ARCHIVED], rows[REJECTED]
-        counted = rows.get(RETRIES)
         fs, _ = filesystem_for(self._dst, self._storage_options)
         first_index = next_shard_index(self._dst, filesystem=fs)
-        starts = (archived
-                  | "Measure each row" >> beam.Map(lambda row: (row["id"], len(row["bitstream"])))
-                  | "Cut the ids into shards" >> beam.CombineGlobally(_ShardStarts(self._rows, self._bytes)))
-        shards = (archived
-                  | "Assign each row its shard" >> beam.Map(_shard_of, beam.pvalue.AsSingleton(starts))
-                  | "Group the rows of each shard" >> beam.GroupByKey()
+        staged = archived | "Stage the rows where they were encoded" >> beam.ParDo(
+            _StageRows(self._dst, self._storage_options, self._run, self._part_rows, self._part_bytes))
+        shards = (staged
+                  | "Gather the staged ids and sizes" >> beam.combiners.ToList()
+                  | "Cut the ids into shards" >> beam.FlatMap(_number_shards, self._rows, self._bytes)
+                  | "Spread the shards over the workers" >> beam.Reshuffle()
                   | "Write each shard" >> beam.ParDo(_WriteShard(self._dst, self._storage_options, first_index)))
+        counted = [staged | "Take the staging retries" >> beam.Map(lambda part: part[2])]
+        if rows.get(RETRIES) is not None:
+            counted.append(rows[RETRIES])
+        counted = tuple(counted) | "Gather the storage retries" >> beam.Flatten()
         return (shards
                 | "Gather the shard descriptions" >> beam.combiners.ToList()
                 | "Write the rejected table and manifest" >> beam.ParDo(
-                    _FinishArchive(self._dst, self._storage_options, self._extra, self._launched),
-                    beam.pvalue.AsList(rejected), *([beam.pvalue.AsList(counted)] if counted is not None else [])))
+                    _FinishArchive(self._dst, self._storage_options, self._extra, self._launched, self._run),
+                    beam.pvalue.AsList(rejected), beam.pvalue.AsList(counted)))

@@ -4,7 +4,8 @@ A process killed in the middle of writing a shard (or the rejected table, or the
 leaves a visible partial file: every file is written under a hidden temporary name
 (``.<name>.tmp-<uuid>``) and moved to its name only once complete (``layout._atomic_write``). But
 it can leave that temporary file, an S3 multipart upload of it that was never completed (invisible,
-yet stored and billed), and a Beam launcher's input listing (``_inputs/``). Holding the lease means
+yet stored and billed), a Beam launcher's input listing (``_inputs/``) and the rows its workers staged
+(``_staging/``, ``staging``). Holding the lease means
 no other writer is running on the archive, so all of them are stale: ``clean_interrupted_writes``
 removes them and says how many.
 """
@@ -16,6 +17,7 @@ import re
 from typing import Any
 
 from coldpress.transforms.archive.layout import _display, _is_local
+from coldpress.transforms.archive.staging import STAGING_DIR
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def abort_multipart_uploads(fs: Any, root: str) -> int:
 
 def clean_interrupted_writes(fs: Any, root: str) -> dict[str, int]:
     """Remove what interrupted writers left in archive ``root`` (call it holding the write lease):
-    hidden temporary files, incomplete multipart uploads, stale Beam input listings. Returns the
+    hidden temporary files, incomplete multipart uploads, stale Beam input listings and staged rows. Returns the
     counts ({} when there was nothing); a failure to clean is logged, never raised (the run goes on)."""
     root = root.rstrip("/")
     counts: dict[str, int] = {}
@@ -75,6 +77,9 @@ def clean_interrupted_writes(fs: Any, root: str) -> dict[str, int]:
         if _LISTINGS in _names(fs, root):
             fs.rm(f"{root}/{_LISTINGS}", recursive=True)
             counts["input_listings"] = 1
+        if STAGING_DIR in _names(fs, root):
+            fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
+            counts["staged_row_folders"] = 1
         if not _is_local(fs):
             aborted = abort_multipart_uploads(fs, root)
             if aborted:
