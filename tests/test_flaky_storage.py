@@ -16,8 +16,10 @@ from PIL import Image
 
 from coldpress.jobs.inspect import inspect_archive
 from coldpress.pipelines.local import encode_local, restore_local, verify_local
-from coldpress.transforms.archive import open_archive
-from faulty_s3 import FAULTS, FaultyS3, client_options
+from coldpress.codec import get_codec
+from coldpress.jobs.bench.faulty_s3 import FAULTS, FaultyS3, client_options
+from coldpress.transforms.archive import ArchiveWriter, open_archive
+from coldpress.transforms.plan import plan_encode, run_manifest
 from synthetic_images import natural_image
 
 RATE = float(os.environ.get("FLAKY_RATE", "0.05"))
@@ -166,6 +168,23 @@ def test_retries_are_counted_in_the_manifest(s3_server, s3_bucket, monkeypatch):
     assert quiet["retried"] == quiet["failed_attempts"] <= 3, quiet
 
 
+def test_the_plannings_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatch):
+    """Listing the sources and reading what is archived happen before the archive's writer exists:
+    what storage made them retry goes into the manifest's storage_retries too."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "10")
+    _sources(s3_server, s3_bucket, n=4)
+    src, archive = f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive"
+    with FaultyS3(s3_server, rate=0.5, seed=3, faults=("503", "500")) as proxy:
+        plan = plan_encode(src, archive, client_options(proxy.url))
+    assert len(plan.todo) == 4 and proxy.injected >= 1
+    assert plan.storage_retries["failed_attempts"] == plan.storage_retries["retried"] == proxy.injected
+    extra = run_manifest("local", plan, get_codec("jpeg"), 2.0, resume=True, strict=False, elapsed_s=0.0)
+    direct = {"client_kwargs": {"endpoint_url": s3_server}, "skip_instance_cache": True}
+    manifest = ArchiveWriter(archive, direct).close(extra)
+    assert "planning_storage_retries" not in manifest
+    assert manifest["storage_retries"]["failed_attempts"] == proxy.injected  # the writer's own calls had no faults
+
+
 def _assert_the_manifest_counts_the_injected_faults(manifest: dict, proxy: FaultyS3, n: int) -> None:
     """Every input archived, and the manifest's storage_retries count exactly the 503/500 answers the
     proxy injected, each a failed attempt that was retried."""
@@ -230,3 +249,26 @@ def test_beam_worker_retries_reach_the_manifest(s3_server, s3_bucket, monkeypatc
                                storage_options=client_options(proxy.url), progress=False,
                                pipeline_args=["--direct_num_workers=1"])
     _assert_the_manifest_counts_the_injected_faults(manifest, proxy, n)
+
+
+def test_bench_scale_faults_runs_an_engine_through_the_injector_and_counts_what_it_saw(tmp_path):
+    """``coldpress bench scale --faults``: its own S3 server and injector; one row per engine."""
+    pytest.importorskip("moto.server")
+    import csv
+    import json
+
+    from coldpress.jobs import cli
+
+    assert cli.main(["bench", "scale", "--sizes", "", "--engines", "local", "--faults", "0.3", "--fault-size", "6",
+                     "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert not (tmp_path / "out" / "scale.json").exists()  # no --sizes: the scale figures are not rewritten
+    [row] = list(csv.DictReader(open(tmp_path / "out" / "faults.csv")))
+    assert row["engine"] == "local" and "error" not in row, row
+    figures = {k: int(row[k]) for k in ("archived", "verified_ok", "inspected_rows", "restored", "lost", "duplicated",
+                                        "other_objects_visible", "leaked_uploads")}
+    assert figures == {"archived": 6, "verified_ok": 6, "inspected_rows": 6, "restored": 6, "lost": 0, "duplicated": 0,
+                       "other_objects_visible": 0, "leaked_uploads": 0}
+    injected, during_encode = int(row["faults_injected"]), int(row["encode_faults"])
+    assert injected == sum(int(row[f"faults_{k}"]) for k in FAULTS) and 1 <= during_encode <= injected
+    assert int(row["manifest_failed_attempts"]) <= during_encode + 3  # botocore's view (+ timeouts of a busy machine)
+    assert json.loads((tmp_path / "out" / "faults.json").read_text())["faults"][0]["engine"] == "local"

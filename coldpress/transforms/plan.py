@@ -10,12 +10,13 @@ the per-input transforms (``coldpress.transforms.records``) over this plan.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from coldpress.codec import get_codec
 from coldpress.codec.base import Codec
 from coldpress.errors import ArchiveError, ColdpressError, InputRejected, RejectedInputs
+from coldpress.transforms import retries
 from coldpress.transforms.archive import existing_ids
 from coldpress.transforms.faults import environment_cause
 from coldpress.transforms.sources import filesystem_for, list_sources, record_id, redact_url
@@ -40,7 +41,9 @@ def _url(fs: Any, path: str, original: str) -> str:
 
 @dataclass
 class EncodePlan:
-    """The inputs of an encode run: ``todo`` are ``(uri, key)`` pairs to encode, sorted by key."""
+    """The inputs of an encode run: ``todo`` are ``(uri, key)`` pairs to encode, sorted by key;
+    ``storage_retries``: what object storage made the planning retry (``transforms.retries``), which
+    ``run_manifest`` passes on to the manifest's ``storage_retries``."""
 
     src: str
     dst: str
@@ -48,6 +51,7 @@ class EncodePlan:
     sources: list[tuple[str, str]]
     todo: list[tuple[str, str]]
     skipped: int
+    storage_retries: dict[str, Any] = field(default_factory=retries.zero)
 
 
 def plan_encode(src: str, dst: str, storage_options: Mapping[str, Any] | None = None, *,
@@ -60,6 +64,7 @@ def plan_encode(src: str, dst: str, storage_options: Mapping[str, Any] | None = 
     with the reason.
     """
     src, dst = str(src), str(dst)
+    before = retries.snapshot()
     dst_fs, dst_path = filesystem_for(dst, storage_options)
     dst_root = dst_path.rstrip("/") or dst_path
     sources = list_sources(src, storage_options)
@@ -80,7 +85,8 @@ def plan_encode(src: str, dst: str, storage_options: Mapping[str, Any] | None = 
         except InputRejected:
             pass  # process_input rejects it with the reason
         todo.append((uri, key))
-    return EncodePlan(src=src, dst=dst, dst_fs=dst_fs, sources=sources, todo=todo, skipped=skipped)
+    return EncodePlan(src=src, dst=dst, dst_fs=dst_fs, sources=sources, todo=todo, skipped=skipped,
+                      storage_retries=retries.since(before))
 
 
 def run_manifest(engine: str, plan: EncodePlan, codec: Codec, bpp: float, *, resume: bool, strict: bool,
@@ -101,6 +107,8 @@ def run_manifest(engine: str, plan: EncodePlan, codec: Codec, bpp: float, *, res
         "strict": strict,
         "elapsed_s": round(elapsed_s, 3),
     }
+    if plan.storage_retries.get("requests") or plan.storage_retries.get("failed_attempts"):
+        manifest["planning_storage_retries"] = plan.storage_retries  # ArchiveWriter adds it to storage_retries
     manifest.update(extra)
     return manifest
 

@@ -9,7 +9,9 @@ whether every input is archived exactly once (``runner_dropped``: inputs the eng
 without an error and a further pass encoded: ``encode_beam``). ``--damage N`` adds N random damages (a flipped byte
 or a truncation of a random file of a small archive: data pages, footers, manifest, rejected table)
 and counts what ``verify`` reports and any row that decodes to wrong pixels without being reported.
-Results go to ``--out`` (scale.json, scale.csv).
+``--faults RATE`` runs every engine through flaky object storage (``faults.py``: a loopback S3 server
+behind a fault injector): faults injected, retries counted, inputs lost and duplicated, partial
+objects visible. Results go to ``--out`` (scale.json and scale.csv; faults.json and faults.csv).
 """
 
 from __future__ import annotations
@@ -57,13 +59,18 @@ def add_parser(benches: Any) -> argparse.ArgumentParser:
         "scale", help="engines at 1,000 to 100,000 small images, and random damage of archives",
         description="Make N synthetic 64x64 JPEGs for each --sizes N, time a plain loop and each --engines "
         "engine on them (images/s, ratio to the plain loop, driver and worker peak memory, every input "
-        "exactly once), and with --damage N check verify on N randomly damaged archives; write "
-        "scale.json and scale.csv to --out.",
+        "exactly once), with --damage N check verify on N randomly damaged archives, and with --faults RATE "
+        "run the engines through flaky S3 (--sizes '' for that alone); write scale.json and scale.csv "
+        "(faults.json and faults.csv) to --out.",
     )
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), metavar="N,N,...",
                    help="dataset sizes (default: 1000,10000,100000)")
     p.add_argument("--engines", default=",".join(ENGINES), metavar="E,E,...", help="engines (default: local,ray,beam)")
     p.add_argument("--damage", type=int, default=0, metavar="N", help="random damages to check (e.g. 1000; default 0)")
+    p.add_argument("--faults", type=float, default=0.0, metavar="RATE",
+                   help="run every --engines engine through S3 that fails this fraction of requests (e.g. 0.05; "
+                        "default 0: not run)")
+    p.add_argument("--fault-size", type=int, default=1000, metavar="N", help="images of the --faults run (default 1000)")
     p.add_argument("--work", default=None, metavar="DIR", help="scratch folder (default: a temporary one)")
     p.add_argument("--out", default="results/scale", metavar="DIR", help="output folder (default: results/scale)")
     p.set_defaults(_bench=run_scale)
@@ -205,6 +212,7 @@ def damage_bench(work: Path, cases: int, seed: int = 1) -> dict[str, Any]:
 
 def run_scale(args: argparse.Namespace) -> int:
     from coldpress.errors import ColdpressError
+    from coldpress.jobs.bench.faults import fault_bench
 
     try:
         sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
@@ -249,19 +257,29 @@ def run_scale(args: argparse.Namespace) -> int:
         damage = damage_bench(work, args.damage) if args.damage else None
         if damage:
             print("damage: " + ", ".join(f"{k} {v}" for k, v in damage.items()), flush=True)
+        faults = fault_bench(work, args.fault_size, args.faults, engines) if args.faults else None
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     import platform
 
-    report = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-              "codec": "jpeg", "bpp": 2.0, "image": "64x64 JPEG", "rows": rows, "damage": damage}
-    (out / "scale.json").write_text(json.dumps(report, indent=2))
-    fields = ["size", "engine", "images_per_s", "ratio", "seconds", "driver_peak_mb", "worker_peak_mb",
-              "all_workers_peak_mb", "lost", "duplicated", "runner_dropped", "error"]
+    machine = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+               "codec": "jpeg", "bpp": 2.0, "image": "64x64 JPEG"}
+    if rows or damage:
+        (out / "scale.json").write_text(json.dumps({**machine, "rows": rows, "damage": damage}, indent=2))
+        fields = ["size", "engine", "images_per_s", "ratio", "seconds", "driver_peak_mb", "worker_peak_mb",
+                  "all_workers_peak_mb", "lost", "duplicated", "runner_dropped", "error"]
+        _write_csv(out / "scale.csv", rows, fields)
+    if faults:
+        (out / "faults.json").write_text(json.dumps({**machine, "faults": faults}, indent=2))
+        _write_csv(out / "faults.csv", faults)
+    return 0
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    fields = fields or list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    (out / "scale.csv").write_text(buf.getvalue())
-    return 0
+    path.write_text(buf.getvalue())

@@ -249,6 +249,9 @@ class ArchiveWriter:
             }
         )
         workers = run.pop("worker_storage_retries", None)
+        planning = run.pop("planning_storage_retries", None)  # the engine's planning, before this writer existed
+        if planning:
+            workers = retries.add(workers or retries.zero(), planning)
         if not _is_local(fs) or (workers or {}).get("requests"):  # what storage made this process (and workers) retry
             run["storage_retries"] = retries.add(retries.since(self._retries_before), workers)
         if "torch_version" not in run and "torch" in sys.modules:

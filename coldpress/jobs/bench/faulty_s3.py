@@ -1,10 +1,11 @@
-"""A fault injector in front of the S3 test server: an HTTP proxy on 127.0.0.1 that forwards each
-request to moto's server, except for a chosen fraction, which it answers with 503 SlowDown or 500
-InternalError (S3's XML error bodies), drops (the connection is reset with no answer), stalls (holds
-the request ``stall_s`` seconds, never forwarded, then closes the connection: the client's read
-timeout must be shorter, see ``client_options``) or truncates (forwards a GET and sends its headers
-with the whole Content-Length but only half the body, then closes). The choice is a seeded random
-draw per request, so a run is reproducible; ``counts`` says what it did.
+"""A fault injector in front of an S3 server (moto's, in the tests and ``bench scale --faults``): an
+HTTP proxy on 127.0.0.1 that forwards each request to the server, except for a chosen fraction,
+which it answers with 503 SlowDown or 500 InternalError (S3's XML error bodies), drops (the
+connection is reset with no answer), stalls (holds the request ``stall_s`` seconds, never forwarded,
+then closes the connection: the client's read timeout must be shorter, see ``client_options``) or
+truncates (forwards a GET and sends its headers with the whole Content-Length but only half the
+body, then closes). The choice is a seeded random draw per request, so a run is reproducible;
+``counts`` says what it did.
 
     with FaultyS3(upstream="http://127.0.0.1:5000", rate=0.05, seed=1) as proxy:
         encode_local(src, "s3://bucket/archive", storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
@@ -49,6 +50,8 @@ class FaultyS3:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        #: (method, path, fault) of every fault injected, in order.
+        self.injections: list[tuple[str, str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,7 +63,7 @@ class FaultyS3:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._draw(self.command) if proxy.only is None or self.path.startswith(proxy.only) else None
+                fault = proxy._draw(self.command, self.path) if proxy.only is None or self.path.startswith(proxy.only) else None
                 if fault is None and proxy.only is not None and not self.path.startswith(proxy.only):
                     with proxy._lock:
                         proxy.counts["forwarded"] += 1
@@ -115,12 +118,13 @@ class FaultyS3:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def _draw(self, method: str) -> str | None:
+    def _draw(self, method: str, path: str = "") -> str | None:
         with self._lock:
             if self._rng.random() < self.rate:
                 fault = self._rng.choice(self.faults)
                 if fault == "truncate" and method != "GET":  # only a body can be cut short
                     fault = "reset"
+                self.injections.append((method, path, fault))
             else:
                 fault = "forwarded"
             self.counts[fault] += 1

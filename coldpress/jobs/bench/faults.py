@@ -1,0 +1,162 @@
+"""``coldpress bench scale --faults RATE``: every engine through flaky object storage.
+
+A real S3 server on loopback (moto's standalone server) behind the fault injector (``faulty_s3``:
+503 SlowDown, 500 InternalError, reset connections, stalls past the client's read timeout, GET
+responses cut in half, for RATE of the requests, a seeded draw). For each engine, in a process of
+its own: encode ``--fault-size`` small JPEGs from the bucket into an archive in it, verify it,
+inspect it and restore every image, all through the injector. Then, straight from the server (no
+faults): inputs lost and duplicated (the ids of every shard), objects visible in the archive that
+are neither a complete shard nor a side file (partial or temporary files), incomplete multipart
+uploads left behind, and what the manifest says storage made the run retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from coldpress.errors import ColdpressError
+
+#: The archive's own objects besides its shards.
+SIDE_FILES = ("_manifest.json", "_rejected/rejected.parquet")
+BUCKET = "coldpress-bench-faults"
+
+_ENCODE_CODE = """
+import json, sys, time
+engine, src, archive, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+if engine == "local":
+    from coldpress.pipelines.local import encode_local as encode
+elif engine == "ray":
+    from coldpress.pipelines.ray import encode_ray as encode
+else:
+    from coldpress.pipelines.beam import encode_beam as encode
+start = time.perf_counter()
+manifest = encode(src, archive, codec="jpeg", bpp=2.0, storage_options=options, progress=False)
+print(json.dumps({"encode_s": time.perf_counter() - start, "archived": manifest["archived"],
+                  "rejected": manifest["rejected"], "storage_retries": manifest.get("storage_retries") or {},
+                  "runner_dropped": sum(manifest.get("runner_lost_inputs") or [])}))
+"""
+
+_READ_CODE = """
+import json, sys, time
+engine, archive, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+from coldpress.jobs.inspect import inspect_archive
+from coldpress.pipelines.local import verify_local
+if engine == "local":
+    from coldpress.pipelines.local import restore_local as restore
+elif engine == "ray":
+    from coldpress.pipelines.ray import restore_ray as restore
+else:
+    from coldpress.pipelines.beam import restore_beam as restore
+start = time.perf_counter()
+report = verify_local(archive, storage_options=options, progress=False)
+stats = inspect_archive(archive, options)
+restored = restore(archive, out, fmt="png", storage_options=options, progress=False)
+print(json.dumps({"verify_inspect_restore_s": time.perf_counter() - start, "verified_ok": report["ok"],
+                  "verify_failures": len(report["failures"]), "inspected_rows": stats["num_rows"],
+                  "restored": len(restored)}))
+"""
+
+
+def _run(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` in a process of its own; its last line of output as JSON, or {"error": ...}."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class _S3Server:
+    """moto's standalone S3 server on 127.0.0.1 with dummy credentials in the environment (restored on exit)."""
+
+    ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+    def __enter__(self) -> str:
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise ColdpressError("bench scale --faults needs moto's S3 server: install the test extras "
+                                 "(pip install -e '.[test]', as scripts/setup.sh does)") from exc
+        self._saved = {k: os.environ.get(k) for k in [*self.ENV, "AWS_ENDPOINT_URL"]}
+        os.environ.update(self.ENV)
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.stop()
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _archive_check(fs: Any, root: str, n: int) -> dict[str, Any]:
+    """Lost and duplicated inputs, visible objects that are neither shards nor side files, and
+    incomplete multipart uploads, read straight from the server."""
+    import pyarrow.parquet as pq
+
+    fs.invalidate_cache()
+    objects = [o.split(f"{root}/", 1)[1] for o in fs.find(root)]
+    shards = [o for o in objects if "/" not in o and o.startswith("part-") and o.endswith(".parquet")]
+    ids: list[str] = []
+    for name in shards:
+        with fs.open(f"{root}/{name}", "rb") as f:
+            ids += pq.read_table(f, columns=["id"]).column("id").to_pylist()
+    bucket, _, prefix = root.partition("/")
+    uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/").get("Uploads") or []
+    return {"lost": n - len(set(ids)), "duplicated": len(ids) - len(set(ids)),
+            "other_objects_visible": len([o for o in objects if o not in shards and o not in SIDE_FILES]),
+            "leaked_uploads": len(uploads)}
+
+
+def fault_bench(work: Path, n: int, rate: float, engines: list[str], seed: int = 7) -> list[dict[str, Any]]:
+    """One row per engine: the faults injected, what the run retried, and what was lost, duplicated or left."""
+    import s3fs
+
+    from coldpress.jobs.bench.faulty_s3 import FAULTS, FaultyS3, client_options
+    from coldpress.jobs.bench.scale import make_images
+
+    if not 0 <= rate < 1:
+        raise ColdpressError(f"--faults {rate} is not a fraction of requests; pass e.g. 0.05")
+    src = work / f"fault-src-{n}"
+    if not src.exists():
+        make_images(src, n)
+    rows = []
+    with _S3Server() as endpoint:
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        fs.put(str(src), f"{BUCKET}/src", recursive=True)
+        for engine in engines:
+            root = f"{BUCKET}/archive-{engine}"
+            row: dict[str, Any] = {"engine": engine, "size": n, "fault_rate": rate}
+            with FaultyS3(endpoint, rate=rate, seed=seed) as proxy:
+                options = json.dumps(client_options(proxy.url))
+                encoded = _run(_ENCODE_CODE, engine, f"s3://{BUCKET}/src", f"s3://{root}", options)
+                row.update(encode_requests=sum(proxy.counts.values()), encode_faults=proxy.injected)
+                if "error" not in encoded:
+                    retried = encoded.pop("storage_retries")
+                    encoded.update(manifest_failed_attempts=retried.get("failed_attempts", 0),
+                                   manifest_retried=retried.get("retried", 0))
+                    row.update(encoded)
+                    row.update(_run(_READ_CODE, engine, f"s3://{root}", str(work / f"fault-restored-{engine}"),
+                                    options))
+                else:
+                    row.update(encoded)
+            row.update(requests=sum(proxy.counts.values()), faults_injected=proxy.injected,
+                       **{f"faults_{k}": proxy.counts.get(k, 0) for k in FAULTS})
+            row.update(_archive_check(fs, root, n))
+            rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+            print(f"faults {engine:<6} " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "engine"),
+                  flush=True)
+    return rows
