@@ -167,3 +167,33 @@ def test_read_ahead_reads_local_files_inline_and_remote_ones_in_threads(tmp_path
             assert {name.startswith("coldpress-read") for name in threads} == {expect_threads}
     finally:
         fs.rm("/coldpress-read-ahead", recursive=True)
+
+
+@pytest.mark.parametrize("engine", ["local", "beam"])
+def test_two_object_keys_with_one_id_archive_one_and_reject_the_other(engine, s3_server, s3_bucket, s3_options,
+                                                                      tmp_path):
+    """An object store keeps "x//a.png" beside "x/a.png"; both give the id "x/a.png". The first (by key) is
+    archived under it, the other rejected with the reason, on every engine (never two rows of one id)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_options)
+    for key, seed in (("x/a.png", 1), ("x//a.png", 2), ("x/b.png", 3)):
+        out = io.BytesIO()
+        Image.fromarray(natural_image(64, 64, seed=seed)).save(out, format="PNG")
+        fs.call_s3("put_object", Bucket=s3_bucket, Key=f"src/{key}", Body=out.getvalue())
+    src, dst = f"s3://{s3_bucket}/src", f"s3://{s3_bucket}/archive-{engine}"
+    if engine == "local":
+        manifest = encode_local(src, dst, codec="jpeg", bpp=2.0, storage_options=s3_options, progress=False, workers=1)
+    else:
+        from coldpress.pipelines.beam import encode_beam
+
+        manifest = encode_beam(src, dst, codec="jpeg", bpp=2.0, storage_options=s3_options, progress=False,
+                               pipeline_args=["--direct_num_workers=1"])
+    assert (manifest["archived"], manifest["rejected"]) == (2, 1)
+    archive = open_archive(dst, storage_options=s3_options)
+    rows = archive.read(columns=["id", "source_uri"]).to_pylist()
+    assert sorted((r["id"], r["source_uri"].rsplit("/src/", 1)[1]) for r in rows) == [("x/a.png", "x//a.png"),
+                                                                                      ("x/b.png", "x/b.png")]
+    [rejected] = archive.rejected().to_pylist()
+    assert rejected["source_uri"].endswith("/src/x/a.png") and rejected["id"] == "x/a.png#collision"
+    assert "which another file under SRC also gives" in rejected["reason"] and "rename one of them" in rejected["reason"]

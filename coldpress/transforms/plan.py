@@ -19,7 +19,7 @@ from coldpress.errors import ArchiveError, ColdpressError, InputRejected, Reject
 from coldpress.transforms import retries
 from coldpress.transforms.archive import existing_ids
 from coldpress.transforms.faults import environment_cause
-from coldpress.transforms.sources import filesystem_for, list_sources, record_id, redact_url
+from coldpress.transforms.sources import COLLISION_MARK, filesystem_for, list_sources, record_id, redact_url
 
 
 def resolve_codec(codec: str | Codec, **options: Any) -> Codec:
@@ -76,14 +76,20 @@ def plan_encode(src: str, dst: str, storage_options: Mapping[str, Any] | None = 
             f"{dst} already holds an archive of {len(done)} image(s) and resume is off; write to a new "
             "destination, delete this one first, or turn resume on to add only the missing inputs"
         )
-    todo, skipped = [], 0
+    todo, skipped, ids = [], 0, set()
     for uri, key in sources:
         try:
-            if record_id(key) in done:
-                skipped += 1
-                continue
+            rid = record_id(key)
         except InputRejected:
-            pass  # process_input rejects it with the reason
+            todo.append((uri, key))  # process_input rejects it with the reason
+            continue
+        if rid in ids:  # "a//b.png" after "a/b.png" (object stores keep both): rejected, never archived twice
+            todo.append((uri, key + COLLISION_MARK))
+            continue
+        ids.add(rid)
+        if rid in done:
+            skipped += 1
+            continue
         todo.append((uri, key))
     return EncodePlan(src=src, dst=dst, dst_fs=dst_fs, sources=sources, todo=todo, skipped=skipped,
                       storage_retries=retries.since(before))

@@ -304,6 +304,11 @@ def read_ahead(
             yield uri, key, future.result()
 
 
+#: Appended to the key of a source whose id another source of the same listing already has
+#: (``plan.plan_encode``): ``record_id`` rejects it with the reason.
+COLLISION_MARK = "\x00collision"
+
+
 def record_id(key: str) -> str:
     """The stable archive id of a source key: the normalized relative key.
 
@@ -316,6 +321,12 @@ def record_id(key: str) -> str:
         raise InputRejected(
             f"id {raw[:-10]!r} is also the id of another input of this dataset, which was archived under it; "
             "make the dataset's ids unique (another --id-column, or the default positional ids)"
+        )
+    if raw.endswith(COLLISION_MARK):  # plan.plan_encode: another key of SRC gives the same id
+        key = raw[:-len(COLLISION_MARK)]
+        raise InputRejected(
+            f"source key {key!r} gives the id {record_id(key)!r}, which another file under SRC also gives (keys "
+            "that differ only in repeated '/' or './' give one id) and which is that file's; rename one of them"
         )
     if "\x00" in raw:
         raise InputRejected(

@@ -22,6 +22,12 @@ from typing import Any
 
 from coldpress.errors import ColdpressError
 
+MOTO_MISSING = ("bench scale --faults needs moto's S3 server: install the test extras "
+                "(pip install -e '.[test]', as scripts/setup.sh does)")
+#: Seconds an engine's encode, or its verify, inspect and restore, may take before the bench gives up on it.
+STEP_TIMEOUT_S = 3600
+#: Starts the line of an engine process's output that holds its figures (other lines are logs).
+RESULT_MARK = "coldpress-bench-result "
 #: The archive's own objects besides its shards.
 SIDE_FILES = ("_manifest.json", "_rejected/rejected.parquet")
 BUCKET = "coldpress-bench-faults"
@@ -37,7 +43,7 @@ else:
     from coldpress.pipelines.beam import encode_beam as encode
 start = time.perf_counter()
 manifest = encode(src, archive, codec="jpeg", bpp=2.0, storage_options=options, progress=False)
-print(json.dumps({"encode_s": time.perf_counter() - start, "archived": manifest["archived"],
+print("coldpress-bench-result " + json.dumps({"encode_s": time.perf_counter() - start, "archived": manifest["archived"],
                   "rejected": manifest["rejected"], "storage_retries": manifest.get("storage_retries") or {},
                   "runner_dropped": sum(manifest.get("runner_lost_inputs") or [])}))
 """
@@ -57,18 +63,25 @@ start = time.perf_counter()
 report = verify_local(archive, storage_options=options, progress=False)
 stats = inspect_archive(archive, options)
 restored = restore(archive, out, fmt="png", storage_options=options, progress=False)
-print(json.dumps({"verify_inspect_restore_s": time.perf_counter() - start, "verified_ok": report["ok"],
+print("coldpress-bench-result " + json.dumps({"verify_inspect_restore_s": time.perf_counter() - start, "verified_ok": report["ok"],
                   "verify_failures": len(report["failures"]), "inspected_rows": stats["num_rows"],
                   "restored": len(restored)}))
 """
 
 
 def _run(code: str, *args: str) -> dict[str, Any]:
-    """Run ``code`` in a process of its own; its last line of output as JSON, or {"error": ...}."""
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run ``code`` in a process of its own; the figures it printed, or {"error": ...}."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                              timeout=STEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {STEP_TIMEOUT_S} s"}
+    results = [line[len(RESULT_MARK):] for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if proc.returncode == 0 and results:
+        return json.loads(results[-1])
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "Exception" in line]
+    last = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit status {proc.returncode}: {last.strip()}"}
 
 
 class _S3Server:
@@ -81,24 +94,42 @@ class _S3Server:
         try:
             from moto.server import ThreadedMotoServer
         except ImportError as exc:
-            raise ColdpressError("bench scale --faults needs moto's S3 server: install the test extras "
-                                 "(pip install -e '.[test]', as scripts/setup.sh does)") from exc
-        self._saved = {k: os.environ.get(k) for k in [*self.ENV, "AWS_ENDPOINT_URL"]}
+            raise ColdpressError(MOTO_MISSING) from exc
+        # Only the dummy credentials: a profile, endpoint, retry or CA setting of the user's must not leak in.
+        self._saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        for k in self._saved:
+            del os.environ[k]
         os.environ.update(self.ENV)
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
+        try:
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self._server.start()
+            host, port = self._server.get_host_and_port()
+        except BaseException:
+            self._restore()
+            raise
         return f"http://{host}:{port}"
 
     def __exit__(self, *exc: Any) -> None:
-        self._server.stop()
-        for k, v in self._saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        try:
+            self._server.stop()
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        for k in [k for k in os.environ if k.startswith("AWS_")]:
+            del os.environ[k]
+        os.environ.update(self._saved)
+
+
+def check_fault_bench(rate: float) -> None:
+    """Raise ColdpressError now, before any other bench runs, when ``--faults RATE`` cannot run."""
+    if not 0 <= rate < 1:
+        raise ColdpressError(f"--faults {rate} is not a fraction of requests; pass e.g. 0.05")
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        raise ColdpressError(MOTO_MISSING) from exc
 
 
 def _archive_check(fs: Any, root: str, n: int) -> dict[str, Any]:
@@ -127,8 +158,7 @@ def fault_bench(work: Path, n: int, rate: float, engines: list[str], seed: int =
     from coldpress.jobs.bench.faulty_s3 import FAULTS, FaultyS3, client_options
     from coldpress.jobs.bench.scale import make_images
 
-    if not 0 <= rate < 1:
-        raise ColdpressError(f"--faults {rate} is not a fraction of requests; pass e.g. 0.05")
+    check_fault_bench(rate)
     src = work / f"fault-src-{n}"
     if not src.exists():
         make_images(src, n)
@@ -153,6 +183,7 @@ def fault_bench(work: Path, n: int, rate: float, engines: list[str], seed: int =
                                     options))
                 else:
                     row.update(encoded)
+            # requests and faults_*: the encode's and the verify, inspect and restore's together
             row.update(requests=sum(proxy.counts.values()), faults_injected=proxy.injected,
                        **{f"faults_{k}": proxy.counts.get(k, 0) for k in FAULTS})
             row.update(_archive_check(fs, root, n))

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+import platform
 import random
 import shutil
 import subprocess
@@ -212,7 +213,7 @@ def damage_bench(work: Path, cases: int, seed: int = 1) -> dict[str, Any]:
 
 def run_scale(args: argparse.Namespace) -> int:
     from coldpress.errors import ColdpressError
-    from coldpress.jobs.bench.faults import fault_bench
+    from coldpress.jobs.bench.faults import check_fault_bench, fault_bench
 
     try:
         sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
@@ -222,6 +223,8 @@ def run_scale(args: argparse.Namespace) -> int:
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         raise ColdpressError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    if args.faults:
+        check_fault_bench(args.faults)  # before hours of the other benches
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="coldpress-bench-scale-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,22 +260,20 @@ def run_scale(args: argparse.Namespace) -> int:
         damage = damage_bench(work, args.damage) if args.damage else None
         if damage:
             print("damage: " + ", ".join(f"{k} {v}" for k, v in damage.items()), flush=True)
-        faults = fault_bench(work, args.fault_size, args.faults, engines) if args.faults else None
+        machine = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                   "codec": "jpeg", "bpp": 2.0, "image": "64x64 JPEG"}
+        if rows or damage:  # written before the fault bench runs
+            (out / "scale.json").write_text(json.dumps({**machine, "rows": rows, "damage": damage}, indent=2))
+            fields = ["size", "engine", "images_per_s", "ratio", "seconds", "driver_peak_mb", "worker_peak_mb",
+                      "all_workers_peak_mb", "lost", "duplicated", "runner_dropped", "error"]
+            _write_csv(out / "scale.csv", rows, fields)
+        if args.faults:
+            faults = fault_bench(work, args.fault_size, args.faults, engines)
+            (out / "faults.json").write_text(json.dumps({**machine, "faults": faults}, indent=2))
+            _write_csv(out / "faults.csv", faults)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    import platform
-
-    machine = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-               "codec": "jpeg", "bpp": 2.0, "image": "64x64 JPEG"}
-    if rows or damage:
-        (out / "scale.json").write_text(json.dumps({**machine, "rows": rows, "damage": damage}, indent=2))
-        fields = ["size", "engine", "images_per_s", "ratio", "seconds", "driver_peak_mb", "worker_peak_mb",
-                  "all_workers_peak_mb", "lost", "duplicated", "runner_dropped", "error"]
-        _write_csv(out / "scale.csv", rows, fields)
-    if faults:
-        (out / "faults.json").write_text(json.dumps({**machine, "faults": faults}, indent=2))
-        _write_csv(out / "faults.csv", faults)
     return 0
 
 

@@ -23,7 +23,7 @@ from coldpress.transforms.archive.lease import leased
 from coldpress.transforms.archive.staging import remove_staging
 from coldpress.transforms.plan import (check_strict, join_destination, plan_encode, resolve_codec,
     restore_failures_error, run_manifest)
-from coldpress.transforms.sources import filesystem_for
+from coldpress.transforms.sources import filesystem_for, redact_url
 from coldpress.pipelines.beam.options import (ENGINE, DEFAULT_RUNNER, DEFAULT_BATCH_SIZE, IMAGES, ARCHIVED,
     REJECTED, RESTORED, FAILED, RETRIES, graph_storage_options, pipeline_options, make_pipeline, _runner_name, _sharing)
 from coldpress.pipelines.beam.read import InputListing, ReadImages, write_listing, remove_listing
@@ -136,9 +136,14 @@ def _encode_pass(options: PipelineOptions, plan: Any, storage_options: Mapping[s
     try:
         _run_encode(options, listing, storage_options, the_codec, codec_spec, codec_options, bpp, max_batch_size,
                     large_model, copies, threads, dst, rows_per_shard, extra, launched)
-    finally:
-        remove_listing(listing_folder, dst, storage_options)
-        remove_staging(dst, extra["run_id"], storage_options)  # a failed run's staged rows (a finished run removed its own)
+    finally:  # each a courtesy: a failure to clean never hides the run's outcome (the next writer cleans)
+        for what, remove in (("input listing", lambda: remove_listing(listing_folder, dst, storage_options)),
+                             ("staged rows", lambda: remove_staging(dst, extra["run_id"], storage_options))):
+            try:
+                remove()  # the staged rows: a failed run's (a finished run removed its own)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not remove this run's %s from %s (%s: %s); the next encode into it removes them",
+                            what, redact_url(dst), type(exc).__name__, exc)
     # The workers wrote the archive through their own filesystems: what this one listed when it
     # planned the run is stale (s3fs caches listings; without this it finds no manifest).
     plan.dst_fs.invalidate_cache()

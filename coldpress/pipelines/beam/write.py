@@ -5,6 +5,7 @@ the rejected table and the manifest, which counts the storage retries of every w
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -17,9 +18,10 @@ from coldpress.transforms import retries
 from coldpress.transforms.archive import (DEFAULT_BYTES_PER_SHARD, DEFAULT_ROWS_PER_SHARD, ArchiveWriter,
     next_shard_index, write_shard)
 from coldpress.transforms.archive.staging import read_staged, remove_staging, stage_rows, staging_folder
-from coldpress.transforms.sources import filesystem_for
+from coldpress.transforms.sources import filesystem_for, redact_url
 from coldpress.pipelines.beam.options import ENGINE, ARCHIVED, REJECTED, RETRIES, graph_storage_options
 
+log = logging.getLogger(__name__)
 #: Rows, and bitstream bytes, of a staged part (``_StageRows``): what a worker holds before writing them.
 STAGED_PART_ROWS = 1_000
 STAGED_PART_BYTES = 64 << 20
@@ -149,7 +151,11 @@ class _FinishArchive(beam.DoFn):
             extra["elapsed_s"] = round(time.time() - self._launched, 3)
         extra["worker_storage_retries"] = gathered
         manifest = writer.close(extra)
-        remove_staging(self._dst, self._run, filesystem=fs)  # every staged row is in a shard now
+        try:  # every staged row is in a shard now; failing to remove them must not fail a written archive
+            remove_staging(self._dst, self._run, filesystem=fs)
+        except Exception as exc:  # noqa: BLE001 - the next writer that takes the lease removes them
+            log.warning("could not remove the staged rows of run %s from %s (%s: %s); the next encode into it "
+                        "removes them", self._run, redact_url(self._dst), type(exc).__name__, exc)
         retries.take()  # the writer's own calls are in the manifest: never taken into another one
         yield manifest
 
@@ -163,7 +169,9 @@ class WriteArchive(beam.PTransform):
     the local engine for the same rows). Each shard is then read back from the staged parts and
     written by one worker with ``archive.write_shard``, under indexes after the shards already in
     ``dst``. Then one worker writes the rejected table (merged with earlier runs') and the manifest
-    through ArchiveWriter, and removes the staged parts. ``manifest_extra`` are the engine's
+    through ArchiveWriter, and removes the staged parts (a failed run leaves them to the next writer
+    that takes the archive's lease, as ``encode_beam`` does: ``archive/cleanup.py``; ``encode_beam``
+    also removes them itself when its run fails). ``manifest_extra`` are the engine's
     manifest keys (``plan.run_manifest``). So neither the runner nor any one worker holds more than
     a shard's rows: on FnApiRunner, whose launching process keeps every PCollection between stages,
     100,000 rows held for the cut cost that process 1.2 GB (results/scale/README.md).

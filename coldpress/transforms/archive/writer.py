@@ -87,6 +87,7 @@ class ArchiveWriter:
         self._prefix = shard_prefix
         self._rows_per_shard = rows_per_shard
         self._bytes_per_shard = bytes_per_shard
+        self._retries_before = retries.snapshot()  # its own calls count from here: the reads below too
         _makedirs(self._fs, self._root)
         self._previous = _read_manifest(self._fs, self._root)
         self._next_index = next_shard_index(self._root, prefix=shard_prefix, filesystem=self._fs)
@@ -97,7 +98,6 @@ class ArchiveWriter:
         self._rejected: dict[str, Mapping[str, Any]] = {}
         self._written: list[dict[str, Any]] = []
         self.started_at = _now()
-        self._retries_before = retries.snapshot()
         self._manifest: dict[str, Any] | None = None
 
     # -- rows
