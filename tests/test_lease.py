@@ -105,3 +105,39 @@ def test_s3_lease_is_a_conditional_put_only_one_writer_wins(src, s3_bucket, s3_o
                  json.dumps({"owner": "z", "host": "elsewhere", "pid": 1, "expires_at": time.time() - 5}).encode())
     manifest = encode_local(src, dst, codec="jpeg", bpp=2.0, progress=False, storage_options=s3_options, workers=1)
     assert manifest["archived"] == 6 and not fs.exists(f"{s3_bucket}/archive/{LEASE_NAME}")
+
+
+def test_a_holder_in_another_pid_namespace_of_this_host_is_not_taken_for_dead(tmp_path):
+    """Containers sharing the host name (host networking) do not see each other's pids: such a holder
+    waits for its lease to expire instead of being taken over at once."""
+    import socket
+
+    from coldpress.transforms.archive.lease import _dead_here, _pid_namespace
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = {"host": socket.gethostname(), "pid": gone.pid}
+    assert _dead_here(here)  # a lease written before boot_id/pid_ns: the host decides, as before
+    lease = archive_lease(str(tmp_path / "a"))
+    mine = json.loads(lease._body())
+    assert _dead_here({**mine, "pid": gone.pid}) and mine["pid_ns"] == _pid_namespace()
+    assert not _dead_here({**mine, "pid": gone.pid, "pid_ns": "pid:[1]"})
+    assert not _dead_here({**mine, "pid": gone.pid, "boot_id": "another boot"})
+
+
+def test_an_encode_whose_lease_was_taken_over_says_so(tmp_path, monkeypatch):
+    from coldpress.transforms.archive.lease import leased
+
+    monkeypatch.setenv("COLDPRESS_LEASE_TTL_S", "0.3")
+    dst = tmp_path / "archive"
+
+    @leased
+    def encode(src, dst, *, storage_options=None):
+        lease = Path(dst) / LEASE_NAME
+        lease.write_text(json.dumps({**json.loads(lease.read_text()), "owner": "another writer"}))
+        time.sleep(0.5)  # the renewal (every ttl / 3) finds the other owner
+        return {"archived": 1}
+
+    with pytest.raises(ArchiveError, match=r"lost the write lease of .*taken over by another writer.*coldpress verify"):
+        encode("src", dst)
+    assert (dst / LEASE_NAME).exists()  # the other writer's lease is left alone

@@ -6,10 +6,11 @@ written: ``DST/_lease.json`` (a side file: Parquet tools skip it), created with 
 writer wins). The holder renews it every ``ttl / 3`` seconds (on S3 with ``If-Match`` its own ETag,
 so a writer that lost it notices) and removes it at the end. A second encode finds it held and stops
 with ArchiveError naming the holder and when the lease expires; a lease whose holder died expires
-after ``ttl`` seconds (default LEASE_TTL_S; at once when it ran on the same host and its process is
-gone) and the next encode takes it over: it removes the expired
-lease and creates its own with the same exclusive create, so of two writers taking it over at once
-only one wins.
+after ``ttl`` seconds (default LEASE_TTL_S; at once when it ran on the same host, boot and process-id
+namespace and its process is gone) and the next encode takes it over: it removes the expired lease and
+creates its own with the same exclusive create, so of two writers taking it over at once only one
+wins. A run that finds its lease taken over, or expired without renewal, ends with ArchiveError
+(``leased``) once its encode returns.
 """
 
 from __future__ import annotations
@@ -39,11 +40,31 @@ def _s3_parts(fs: Any, path: str) -> tuple[str, str] | None:
     return bucket, key
 
 
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _dead_here(holder: dict[str, Any]) -> bool:
-    """Whether the lease's holder ran on this host and its process is gone (killed): its lease is
-    taken over at once instead of after ``ttl``."""
+    """Whether the lease's holder ran on this host, in this boot and this process-id namespace, and its
+    process is gone (killed): its lease is taken over at once instead of after ``ttl``. A holder in
+    another container that shares the host name (host networking) has pids this one cannot see: it
+    is never taken for dead here, it waits for its lease to expire."""
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
+    for key, here in (("boot_id", _boot_id()), ("pid_ns", _pid_namespace())):
+        if key in holder and holder[key] != here:  # leases written before these keys: the host decides
+            return False
     try:
         os.kill(holder["pid"], 0)
     except ProcessLookupError:
@@ -66,12 +87,16 @@ class ArchiveLease:
         self._etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Why this run no longer holds the lease (taken over, or expired unrenewed), else None.
         self.lost: str | None = None
+        self._expires_at = 0.0
 
     def _body(self) -> bytes:
         now = time.time()
+        self._expires_at = now + self.ttl
         return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                           "renewed_at": now, "expires_at": now + self.ttl}).encode()
+                           "boot_id": _boot_id(), "pid_ns": _pid_namespace(),
+                           "renewed_at": now, "expires_at": self._expires_at}).encode()
 
     def _create(self) -> bool:
         """Create the lease file if there is none; False when one exists."""
@@ -146,8 +171,10 @@ class ArchiveLease:
                     self._etag = out.get("ETag")
                 else:
                     self.fs.pipe_file(self.path, self._body())
-            except Exception as exc:  # noqa: BLE001 - renewal retries at the next tick
-                self.lost = f"could not renew the lease ({type(exc).__name__}: {exc})"
+            except Exception as exc:  # noqa: BLE001 - renewal retries at the next tick, until the lease expires
+                if time.time() >= self._expires_at:
+                    self.lost = f"could not renew the lease before it expired ({type(exc).__name__}: {exc})"
+                    return
 
     def release(self) -> None:
         self._stop.set()
@@ -179,8 +206,16 @@ def leased(encode: Any) -> Any:
 
     @functools.wraps(encode)
     def run(src: Any, dst: Any, *args: Any, storage_options: Any = None, **kwargs: Any) -> Any:
-        with archive_lease(str(dst), storage_options):
-            return encode(src, dst, *args, storage_options=storage_options, **kwargs)
+        with archive_lease(str(dst), storage_options) as lease:
+            result = encode(src, dst, *args, storage_options=storage_options, **kwargs)
+        if lease.lost:
+            raise ArchiveError(
+                f"this encode lost the write lease of {_display(lease.fs, lease.root)} while it wrote ({lease.lost}): "
+                "another encode may have written into the archive at the same time. Check it with `coldpress "
+                "verify`, then run the encode again (it adds only what is missing). If renewals fail on a slow "
+                f"store, a longer lease helps: COLDPRESS_LEASE_TTL_S (now {lease.ttl:g} s)"
+            )
+        return result
 
     return run
 
