@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,48 +33,54 @@ RESULT_MARK = "coldpress-bench-result "
 SIDE_FILES = ("_manifest.json", "_rejected/rejected.parquet")
 BUCKET = "coldpress-bench-faults"
 
-_ENCODE_CODE = """
-import json, sys, time
-engine, src, archive, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-if engine == "local":
-    from coldpress.pipelines.local import encode_local as encode
-elif engine == "ray":
-    from coldpress.pipelines.ray import encode_ray as encode
-else:
-    from coldpress.pipelines.beam import encode_beam as encode
-start = time.perf_counter()
-manifest = encode(src, archive, codec="jpeg", bpp=2.0, storage_options=options, progress=False)
-print("coldpress-bench-result " + json.dumps({"encode_s": time.perf_counter() - start, "archived": manifest["archived"],
-                  "rejected": manifest["rejected"], "storage_retries": manifest.get("storage_retries") or {},
-                  "runner_dropped": sum(manifest.get("runner_lost_inputs") or [])}))
-"""
+def _engine(name: str) -> tuple[Any, Any]:
+    """(encode, restore) of an engine, each with its default options."""
+    if name == "local":
+        from coldpress.pipelines.local import encode_local, restore_local
 
-_READ_CODE = """
-import json, sys, time
-engine, archive, out, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-from coldpress.jobs.inspect import inspect_archive
-from coldpress.pipelines.local import verify_local
-if engine == "local":
-    from coldpress.pipelines.local import restore_local as restore
-elif engine == "ray":
-    from coldpress.pipelines.ray import restore_ray as restore
-else:
-    from coldpress.pipelines.beam import restore_beam as restore
-start = time.perf_counter()
-report = verify_local(archive, storage_options=options, progress=False)
-stats = inspect_archive(archive, options)
-restored = restore(archive, out, fmt="png", storage_options=options, progress=False)
-print("coldpress-bench-result " + json.dumps({"verify_inspect_restore_s": time.perf_counter() - start, "verified_ok": report["ok"],
-                  "verify_failures": len(report["failures"]), "inspected_rows": stats["num_rows"],
-                  "restored": len(restored)}))
-"""
+        return encode_local, restore_local
+    if name == "ray":
+        from coldpress.pipelines.ray import encode_ray, restore_ray
+
+        return encode_ray, restore_ray
+    from coldpress.pipelines.beam import encode_beam, restore_beam
+
+    return encode_beam, restore_beam
 
 
-def _run(code: str, *args: str) -> dict[str, Any]:
-    """Run ``code`` in a process of its own; the figures it printed, or {"error": ...}."""
+def encode_step(engine: str, src: str, archive: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The encode of one engine (in a process of its own: ``python -m coldpress.jobs.bench.faults encode ...``)."""
+    encode, _ = _engine(engine)
+    start = time.perf_counter()
+    manifest = encode(src, archive, codec="jpeg", bpp=2.0, storage_options=options, progress=False)
+    return {"encode_s": time.perf_counter() - start, "archived": manifest["archived"],
+            "rejected": manifest["rejected"], "storage_retries": manifest.get("storage_retries") or {},
+            "runner_dropped": sum(manifest.get("runner_lost_inputs") or [])}
+
+
+def read_step(engine: str, archive: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Verify, inspect and restore every image of ``archive`` (a process of its own, as ``encode_step``)."""
+    from coldpress.jobs.inspect import inspect_archive
+    from coldpress.pipelines.local import verify_local
+
+    _, restore = _engine(engine)
+    start = time.perf_counter()
+    report = verify_local(archive, storage_options=options, progress=False)
+    stats = inspect_archive(archive, options)
+    restored = restore(archive, out, fmt="png", storage_options=options, progress=False)
+    return {"verify_inspect_restore_s": time.perf_counter() - start, "verified_ok": report["ok"],
+            "verify_failures": len(report["failures"]), "inspected_rows": stats["num_rows"],
+            "restored": len(restored)}
+
+
+_STEPS = {"encode": encode_step, "read": read_step}
+
+
+def _run(step: str, *args: str) -> dict[str, Any]:
+    """Run ``step`` (``_STEPS``) in a process of its own; the figures it printed, or {"error": ...}."""
     try:
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                              timeout=STEP_TIMEOUT_S)
+        proc = subprocess.run([sys.executable, "-m", "coldpress.jobs.bench.faults", step, *args], capture_output=True,
+                              text=True, timeout=STEP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish in {STEP_TIMEOUT_S} s"}
     results = [line[len(RESULT_MARK):] for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
@@ -172,14 +179,14 @@ def fault_bench(work: Path, n: int, rate: float, engines: list[str], seed: int =
             row: dict[str, Any] = {"engine": engine, "size": n, "fault_rate": rate}
             with FaultyS3(endpoint, rate=rate, seed=seed) as proxy:
                 options = json.dumps(client_options(proxy.url))
-                encoded = _run(_ENCODE_CODE, engine, f"s3://{BUCKET}/src", f"s3://{root}", options)
+                encoded = _run("encode", engine, f"s3://{BUCKET}/src", f"s3://{root}", options)
                 row.update(encode_requests=sum(proxy.counts.values()), encode_faults=proxy.injected)
                 if "error" not in encoded:
                     retried = encoded.pop("storage_retries")
                     encoded.update(manifest_failed_attempts=retried.get("failed_attempts", 0),
                                    manifest_retried=retried.get("retried", 0))
                     row.update(encoded)
-                    row.update(_run(_READ_CODE, engine, f"s3://{root}", str(work / f"fault-restored-{engine}"),
+                    row.update(_run("read", engine, f"s3://{root}", str(work / f"fault-restored-{engine}"),
                                     options))
                 else:
                     row.update(encoded)
@@ -191,3 +198,9 @@ def fault_bench(work: Path, n: int, rate: float, engines: list[str], seed: int =
             print(f"faults {engine:<6} " + ", ".join(f"{k} {v}" for k, v in rows[-1].items() if k != "engine"),
                   flush=True)
     return rows
+
+
+if __name__ == "__main__":  # one step of fault_bench, in its own process: STEP ARGS... OPTIONS_JSON
+    step, *step_args = sys.argv[1:]
+    result = _STEPS[step](*step_args[:-1], json.loads(step_args[-1]))
+    print(RESULT_MARK + json.dumps(result), flush=True)
