@@ -147,3 +147,26 @@ def test_a_checkpoint_is_evaluated_without_training(trained_run, image_folder, t
     assert all(p["bpp"] > 0 and 0 < p["psnr"] < 100 for p in points)
     assert points[-1]["bpp"] > points[0]["bpp"]
     assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_a_diverging_step_is_never_applied_and_a_diverged_run_keeps_its_last_checkpoint(trained_run, tmp_path,
+                                                                                        monkeypatch):
+    """An absurd learning rate makes the loss NaN from the second step on (measured: without the guard every
+    weight of the checkpoint became NaN). No such step is applied, and a run that keeps diverging stops
+    with what to do, its last good checkpoint kept."""
+    import torch
+
+    from coldpress.jobs import trainer
+
+    run = copy_run(trained_run, tmp_path / "diverging")
+    assert train_main(["--run", str(run), "--steps", "4", *STEPS, "--lr", "1e4"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 6 and state["skipped_steps"] >= 1
+    assert all(bool(torch.isfinite(v).all()) for v in load_file(str(run / "checkpoint.safetensors")).values()
+               if v.is_floating_point())
+    monkeypatch.setattr(trainer, "MAX_SKIPPED_IN_A_ROW", 2)
+    before = load_file(str(run / "checkpoint.safetensors"))
+    with pytest.raises(ColdpressError, match=r"training diverged: 2 steps in a row .* lower --lr"):
+        train_main(["--run", str(run), "--steps", "20", *STEPS, "--lr", "1e4"])
+    after = load_file(str(run / "checkpoint.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the weights of the last good step
