@@ -9,6 +9,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from coldpress.transforms.archive.layout import remove_run_folder
 from coldpress.transforms.records import unreadable_row
 from coldpress.transforms.sources import filesystem_for, list_sources, read_source
 from coldpress.pipelines.beam.options import IMAGES, REJECTED, graph_storage_options
@@ -98,13 +99,7 @@ def write_listing(sources: Sequence[tuple[str, str]], dst: str, storage_options:
 def remove_listing(folder: str, dst: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Remove a run's listing folder (and ``_inputs`` when no other run's listing is left)."""
     fs, _ = filesystem_for(str(dst), dict(storage_options or {}) or None)
-    try:
-        fs.rm(folder, recursive=True)
-        parent = folder.rsplit("/", 1)[0]
-        if not fs.ls(parent):
-            fs.rm(parent, recursive=True)
-    except FileNotFoundError:
-        pass
+    remove_run_folder(fs, folder)
 
 
 class _ReadListing(beam.DoFn):

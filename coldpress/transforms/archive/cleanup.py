@@ -74,12 +74,11 @@ def clean_interrupted_writes(fs: Any, root: str) -> dict[str, int]:
             fs.rm_file(path)
         if temps:
             counts["temporary_files"] = len(temps)
-        if _LISTINGS in _names(fs, root):
-            fs.rm(f"{root}/{_LISTINGS}", recursive=True)
-            counts["input_listings"] = 1
-        if STAGING_DIR in _names(fs, root):
-            fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
-            counts["staged_row_folders"] = 1
+        present = _names(fs, root)
+        for folder, what in ((_LISTINGS, "input_listings"), (STAGING_DIR, "staged_row_folders")):
+            if folder in present:
+                fs.rm(f"{root}/{folder}", recursive=True)
+                counts[what] = 1
         if not _is_local(fs):
             aborted = abort_multipart_uploads(fs, root)
             if aborted:

@@ -219,6 +219,22 @@ def _remove(fs: Any, root: str, names: Iterable[str]) -> None:
                 _fsync_dir(root)
 
 
+def remove_run_folder(fs: Any, folder: str) -> None:
+    """Remove a run's working folder (``_inputs/<run>``, ``_staging/<run>``) and its parent when no
+    other run's folder is left in it; what is already gone is no error."""
+    parent = folder.rstrip("/").rsplit("/", 1)[0]
+    try:
+        fs.rm(folder, recursive=True)
+    except FileNotFoundError:
+        pass
+    try:
+        fs.invalidate_cache(parent)
+        if not fs.ls(parent):
+            fs.rm(parent, recursive=True)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

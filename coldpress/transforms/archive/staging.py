@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from coldpress.errors import ArchiveError
-from coldpress.transforms.archive.layout import _corrupt, _display, _open_read, _resolve
+from coldpress.transforms.archive.layout import _corrupt, _display, _open_read, _resolve, remove_run_folder
 from coldpress.transforms.schema import ARCHIVE_SCHEMA, rows_to_table
 
 #: Folder of an archive where a running writer keeps staged rows.
@@ -110,14 +110,4 @@ def remove_staging(dst: Any, run: str, storage_options: Mapping[str, Any] | None
                    *, filesystem: Any = None) -> None:
     """Remove run ``run``'s staged parts (and ``_staging`` when no other run's are left)."""
     fs, root = _resolve(dst, storage_options, filesystem)
-    folder = f"{root}/{staging_folder(run)}"
-    try:
-        fs.rm(folder, recursive=True)
-    except FileNotFoundError:
-        pass
-    try:
-        fs.invalidate_cache(f"{root}/{STAGING_DIR}")
-        if not fs.ls(f"{root}/{STAGING_DIR}"):
-            fs.rm(f"{root}/{STAGING_DIR}", recursive=True)
-    except (FileNotFoundError, NotADirectoryError):
-        pass
+    remove_run_folder(fs, f"{root}/{staging_folder(run)}")
