@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from coldpress.jobs.cli import SUBCOMMANDS, main
@@ -360,6 +361,49 @@ def _corrupt_row(archive: Path, rid: str, how: str) -> None:
     elif how == "other-pixels":  # an intact bitstream whose decoded pixels are not those recorded
         row["recon_sha256"] = hashlib.sha256(b"other pixels").hexdigest()
     write_shard(archive, 0, pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), overwrite=True)
+
+
+def _fake_recon(archive: Path, rid: str) -> None:
+    """Give row ``rid`` a recon_sha256 its pixels do not have (as another kind of device records)."""
+    shard = next(archive.glob("part-*.parquet"))
+    rows = pq.ParquetFile(shard).read().to_pylist()
+    next(r for r in rows if r["id"] == rid)["recon_sha256"] = hashlib.sha256(b"another device's pixels").hexdigest()
+    write_shard(archive, 0, pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), overwrite=True)
+
+
+def test_verify_accepts_a_float32_models_rows_from_another_kind_of_device_and_catches_a_changed_decoder(
+        tmp_path, capsys):
+    """A v3 row whose pixels differ from those its writer recorded (another kind of CPU, or a GPU, rounds
+    a few samples of a float32 decode the other way) is checked against the float64 reference decode:
+    within one level it is intact (listed in within_one_level); a decoder that moved its pixels by more
+    fails. A float64 model's row (v2) has no such leeway."""
+    from coldpress.codec.registry import get_codec
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(natural_image(96, 128, "RGB", seed=21)).save(src / "a.png")
+    for model in ("cp-extreme-s16-v3", "cp-extreme-s16-v2"):
+        dst = tmp_path / model
+        assert main(["encode", str(src), str(dst), "--bpp", "0.1", "--model", model, "--quiet"]) == 0
+        _fake_recon(dst, "a.png")
+        rc, out, _ = run_cli(capsys, "verify", dst, "--json")
+        report = json.loads(out)
+        if model == "cp-extreme-s16-v2":
+            assert rc == 1 and [f["id"] for f in report["failures"]] == ["a.png"]
+            assert report["within_one_level"] == []
+            continue
+        assert rc == 0 and report["failures"] == [] and report["within_one_level"] == ["a.png"]
+        rc, out, _ = run_cli(capsys, "verify", dst)
+        assert rc == 0 and "1 of them within one level" in out
+        tail = get_codec("learned", device="cpu").loaded.synthesis32.tail
+        with torch.no_grad():
+            tail.bias += 0.02  # the decoder changed: about 5 levels brighter
+        try:
+            rc, _, err = run_cli(capsys, "verify", dst)
+        finally:
+            with torch.no_grad():
+                tail.bias -= 0.02
+        assert rc == 1 and "a.png: " in err and "decodes to different pixels" in err
 
 
 @pytest.mark.parametrize(

@@ -209,7 +209,7 @@ def test_decoded_pixels_do_not_depend_on_the_tile_option():
     assert np.array_equal(a, b)
 
 
-def test_new_exports_decode_like_an_untiled_decode():
+def test_new_exports_decode_like_an_untiled_decode(monkeypatch):
     """The tiling a new export records has a halo covering the measured receptive field, so its tiled
     decode equals the untiled one; the legacy 64 px halo of v1/v2 (kept for their bitstreams) does not."""
     from coldpress.codec.models import LEGACY_DECODE_TILING, DecodeTiling, decode_tiling_for
@@ -242,7 +242,43 @@ def test_new_exports_decode_like_an_untiled_decode():
         loaded.decode_tiling = recorded  # the shared model's own (v1/v2: LEGACY_DECODE_TILING)
     assert params.width == 768
     assert np.array_equal(decoded["new"], decoded["untiled"])
+    # The back stage (last two upsamplings and the tail) in tiles of 64 output pixels, with the few
+    # pixels of halo its own receptive field needs: still the untiled pixels.
+    import coldpress.codec.learned as learned
+
+    monkeypatch.setattr(learned, "BACK_TILE", 64)
+    codec.forget_decodes()
+    assert np.array_equal(codec.decode(data), decoded["untiled"])
+    assert loaded.back_stage[0] == 4 and 1 <= loaded.back_stage[1] <= 4  # x4, a few quarter-resolution pixels
     assert not np.array_equal(decoded["short halo"], decoded["untiled"])  # a 64 px halo, as v1/v2's, is not enough
+
+
+def test_a_float32_decode_is_within_one_level_of_its_float64_reference():
+    """The reproducibility contract between kinds of device, measured where it can be on one machine: the
+    float32 decode of a v3 bitstream against the float64 synthesis of the same latent (the reference,
+    the same on every device); float64 models are their own reference and record no check."""
+    from coldpress.codec.precision_check import checked_against_reference
+    from coldpress.transforms.records import pixels_sha256
+
+    img = natural_image(160, 224, "RGB", seed=11)
+    codec = get_codec("learned", device="cpu")
+    data = codec.encode(img, 0.1).bitstream
+    assert container.unpack(data).params["s"] == 8  # coded at full size: the reference is of these pixels
+    with checked_against_reference() as check:
+        pixels = codec.decode(data)
+    assert check.decodes == 1 and check.max_levels <= 1 and len(check.reference_sha256) == 1
+    assert check.within_contract
+    assert np.array_equal(pixels, codec.decode(data))  # the check changes nothing of the decode itself
+    # The reference is the float64 synthesis: the same model decoding in float64 (as on CUDA with TF32 on).
+    codec.loaded.decode_precision, recorded = "float64", codec.loaded.decode_precision
+    try:
+        assert pixels_sha256(codec.decode(data)) == check.reference_sha256[0]
+    finally:
+        codec.loaded.decode_precision = recorded
+    old = get_codec("learned", device="cpu", model="cp-extreme-s16-v2")
+    with checked_against_reference() as check:
+        old.decode(old.encode(img, 0.05).bitstream)
+    assert check.decodes == 0 and not check.within_contract
 
 
 def test_balanced_decode_grid_bounds_each_tile_and_covers_the_latent():

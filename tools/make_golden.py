@@ -1,7 +1,9 @@
 """Write the golden bitstreams of every shipped learned model (tests/golden/), once per model.
 
 Each golden file is a bitstream made by the current release with the pixel sha256 of its decode
-(the model's own decode on CPU: float64 synthesis for v1 and v2, float32 from v3) recorded in ``tests/golden/golden.json``; ``tests/test_golden.py`` decodes
+(the model's own decode on CPU: float64 synthesis for v1 and v2, float32 from v3) recorded in ``tests/golden/golden.json``;
+for float32 models also the sha256 of the float64 reference decode (the same on every device) and the
+float32 decode's sha256 per kind of device (``--record-device`` adds this machine's); ``tests/test_golden.py`` decodes
 them on every CI run, so any change that alters what a shipped bitstream decodes to (a new compressai,
 a change of tiling, of the fixed-point hyper path or of the synthesis) fails CI. Images are made here
 from a fixed seed (no data is copied into the repository). One image is wider than the decode tile
@@ -24,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from coldpress.codec.precision_check import checked_against_reference, device_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -54,9 +58,16 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="model id (default: every shipped model without golden files)")
+    p.add_argument("--record-device", action="store_true",
+                   help="add this kind of device's pixel sha256 to the existing files of float32 models (after "
+                        "checking their reference decode) instead of writing files")
     args = p.parse_args()
     index_path = GOLDEN / "golden.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {"files": {}}
+    if args.record_device:
+        _record_device(index)
+        index_path.write_text(json.dumps(index, indent=1) + "\n")
+        return
     have = {entry["model_id"] for entry in index["files"].values()}
     models = args.model or [m for m in registry()["models"] if m not in have]
     GOLDEN.mkdir(parents=True, exist_ok=True)
@@ -64,20 +75,46 @@ def main() -> None:
         codec = LearnedCodec(model=model_id, device="cpu")
         for i, (name, w, h, mode, bpp) in enumerate(IMAGES):
             data = codec.encode(golden_image(w, h, mode, seed=i), bpp).bitstream
-            pixels = codec.decode(data)
+            with checked_against_reference() as check:
+                pixels = codec.decode(data)
             fname = f"{model_id}-{name}.cprs"
             (GOLDEN / fname).write_bytes(data)
             index["files"][fname] = {
                 "model_id": model_id, "width": w, "height": h, "mode": mode, "bpp": bpp,
                 "bitstream_sha256": hashlib.sha256(data).hexdigest(), "pixels_sha256": pixels_sha256(pixels),
+                "device_kind": device_kind(),
                 "shape": list(pixels.shape), "made_with": {
                     "coldpress": metadata.version("coldpress"), "compressai": metadata.version("compressai"),
                     "torch": metadata.version("torch")},
             }
+            if check.decodes:  # a float32 model: its float64 reference decode pins it on every kind of device
+                assert check.within_contract, f"{fname}: the float32 decode is {check.max_levels} levels off"
+                index["files"][fname]["reference_pixels_sha256"] = check.reference_sha256[0]
+                index["files"][fname]["pixels_sha256_by_device"] = {device_kind(): pixels_sha256(pixels)}
             print(f"{fname}: {len(data)} bytes, {8 * len(data) / (w * h):.4f} bpp")
     index["files"] = dict(sorted(index["files"].items()))
     _pin_decoders(index)
     index_path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+def _record_device(index: dict) -> None:
+    """Add this kind of device's pixels to the golden files of float32 models: their float32 decode
+    differs from another kind's by a level at a few samples (``coldpress.codec.precision_check``), so each
+    kind has its own sha256; the reference decode's sha256 must match the recorded one first."""
+    from coldpress.codec.registry import decode_bitstream
+    from coldpress.transforms.records import pixels_sha256
+
+    kind = device_kind()
+    for fname, entry in index["files"].items():
+        if "reference_pixels_sha256" not in entry:
+            continue
+        with checked_against_reference() as check:
+            pixels = decode_bitstream((GOLDEN / fname).read_bytes(), device="cpu")
+        if check.reference_sha256 != [entry["reference_pixels_sha256"]] or not check.within_contract:
+            raise SystemExit(f"{fname}: the reference decode changed or the float32 decode is {check.max_levels} "
+                             "levels from it: the decoder changed; do not record this device")
+        entry.setdefault("pixels_sha256_by_device", {})[kind] = pixels_sha256(pixels)
+        print(f"{fname}: {kind}: {pixels_sha256(pixels)[:16]}")
 
 
 #: (golden image name, steps (None: the decoder's default), detail) restored by each shipped decoder.

@@ -177,6 +177,17 @@ class LoadedModel:
         return c_means, c_scales
 
     @functools.cached_property
+    def back_stage(self) -> tuple[int, int]:
+        """(upsampling factor, halo in its input pixels that covers its receptive field) of the synthesis'
+        back stage (``Synthesis.stages``), measured once with a float64 gradient probe (a fraction of a
+        second; the same for every copy of the synthesis)."""
+        _, back = self.net.g_s.stages()
+        with torch.enable_grad():  # decodes run under no_grad
+            radius = synthesis_receptive_radius(back, back[0].conv.in_channels)
+        factor = 2 ** (len(back) - 1)
+        return factor, math.ceil(radius / factor)
+
+    @functools.cached_property
     def synthesis32(self) -> nn.Module:
         """The float32 synthesis that float32 models decode with: a channels-last copy (oneDNN's faster
         layout on CPU, about 25 % on a Kodak-size decode); part of what such a model's decode is."""

@@ -174,6 +174,14 @@ class Synthesis(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.tail(self.ups(self.head(y)))
 
+    def stages(self, back_ups: int = 2) -> tuple[nn.Module, nn.Module]:
+        """This synthesis as two modules sharing its layers, ``back(front(y))`` computing exactly what
+        ``self(y)`` does: ``front`` (the head and the first upsamplings, at low resolution) and ``back``
+        (the last ``back_ups`` upsamplings and the tail, which hold most of the work and of the memory),
+        so that a decoder can run ``back`` on smaller tiles than ``front``."""
+        k = max(0, len(self.ups) - back_ups)
+        return nn.Sequential(self.head, *self.ups[:k]), nn.Sequential(*self.ups[k:], self.tail)
+
 
 class HyperAnalysis(nn.Module):
     def __init__(self, cfg: NetConfig):
