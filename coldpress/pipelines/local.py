@@ -45,13 +45,12 @@ from coldpress.transforms.plan import (
     run_manifest,
 )
 from coldpress.transforms.records import (
-    REFERENCE_TOLERANCE_LEVELS,
     decode_record,
-    levels_from_reference,
     pixels_sha256,
     process_input,
     restore_record,
     restored_names,
+    within_reference_decode,
 )
 from coldpress.transforms.faults import raise_if_environmental
 from coldpress.transforms import retries
@@ -371,8 +370,7 @@ def verify_local(
                     continue
                 recorded = row.get("recon_sha256")
                 if recorded and pixels_sha256(pixels) != recorded:
-                    levels = levels_from_reference(row)
-                    if levels is not None and levels <= REFERENCE_TOLERANCE_LEVELS:
+                    if within_reference_decode(row):
                         near.append(rid)  # a float32 decode on another kind of device: within the contract
                         continue
                     failures.append({
@@ -396,4 +394,3 @@ def verify_local(
         "within_one_level": near,
         "rejected": rejected,
     }
-

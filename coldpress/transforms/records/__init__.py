@@ -57,11 +57,10 @@ from coldpress.transforms.records.decode import (
     checked_bitstream,
     decode_record,
     decoder_fields,
-    REFERENCE_TOLERANCE_LEVELS,
     decoder_provenance,
     is_raster_row,
-    levels_from_reference,
     pixels_sha256,
+    within_reference_decode,
 )
 from coldpress.transforms.records.encode import (
     PSNR_CAP,
@@ -83,9 +82,10 @@ from coldpress.transforms.records.names import restored_name, restored_names, wi
 from coldpress.transforms.records.restore import decode_region_record, raster_file_bytes, restore_record
 
 __all__ = [
-    "OUTPUT_FORMATS", "PROVENANCE_KEY", "PSNR_CAP", "REFERENCE_TOLERANCE_LEVELS", "levels_from_reference", "checked_bitstream", "codec_version", "decode_record",
+    "OUTPUT_FORMATS", "PROVENANCE_KEY", "PSNR_CAP", "checked_bitstream", "codec_version", "decode_record",
     "decode_region_record", "decoder_fields", "decoder_provenance", "encode_record", "image_bytes", "is_raster_row",
     "pixels_sha256", "process_input", "psnr", "raster_file_bytes", "rejected_row", "restore_record",
     "restored_name", "restored_names", "restored_provenance", "to_pil", "unreadable_row", "with_extension",
+    "within_reference_decode",
     "write_file_bytes", "write_image",
 ]

@@ -9,14 +9,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from coldpress.codec.precision_check import CONTRACT_LEVELS, checked_against_reference
+from coldpress.codec.precision_check import checked_against_reference
 from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import BitstreamError, ColdpressError
 from coldpress.transforms import raster
-
-#: How far (levels) a row's pixels may be from its writer's: a float32 decoder on another kind of device.
-REFERENCE_TOLERANCE_LEVELS = CONTRACT_LEVELS
-
 
 def pixels_sha256(pixels: np.ndarray) -> str:
     """sha256 (hex) of an image array's bytes in C order: the ``recon_sha256`` of a row."""
@@ -71,14 +67,13 @@ def decode_record(row: Mapping[str, Any], decoder: Any = None) -> np.ndarray:
     return pixels
 
 
-def levels_from_reference(row: Mapping[str, Any]) -> int | None:
-    """How many levels this machine's decode of ``row`` is from the float64 reference decode, when its
-    bitstream holds payloads of a float32 model (their pixels differ from another kind of device's by a
-    level at a few samples: ``coldpress.codec.precision_check``; up to ``REFERENCE_TOLERANCE_LEVELS`` is
-    within the reproducibility contract); None when it holds none."""
+def within_reference_decode(row: Mapping[str, Any]) -> bool:
+    """Whether this machine's decode of ``row`` holds payloads of a float32 model and is within the
+    reproducibility contract's one level of the float64 reference decode (``coldpress.codec.precision_check``):
+    what a row written on another kind of device decodes to here."""
     with checked_against_reference() as check:
         decode_record(row)
-    return check.max_levels if check.decodes else None
+    return check.within_contract
 
 
 def decoder_fields(decoder: Any) -> dict[str, Any] | None:
