@@ -20,10 +20,12 @@ import contextvars
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a device is named: a jpeg job's verify never loads it
+    import torch
 
 #: Largest difference between a float32 decode and the float64 reference that the contract allows.
 CONTRACT_LEVELS = 1
@@ -76,6 +78,8 @@ def device_kind(device: torch.device | str = "cpu") -> str:
     """The kind of device a float32 decode ran on, as far as it decides the pixels: for a CPU its vendor,
     family and model and the instruction set torch dispatches to; for a GPU its name and compute
     capability. Decodes on two devices of one kind give identical pixels."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
