@@ -138,6 +138,16 @@ def test_the_export_is_fixed_point_and_codes_one_stream(sliced_codec):
         assert abs(len(payload) - (2 * 4 + 2) - estimate) / estimate < 0.08, (q16, len(payload), estimate)
 
 
+def test_a_sliced_model_searches_its_knob_on_real_codings(sliced_codec):
+    """No float estimate of the slice passes exists (``rate_estimate.py``): every probe is coded."""
+    assert sliced_codec.loaded.rate_estimator is None
+    photo = natural_image(96, 128, "RGB", seed=5)
+    y = sliced_codec.analysis(photo, 8)
+    budget = len(sliced_codec._code_latent(y, 40)) + 1
+    payload, knob = sliced_codec._fit_latent(y, budget)
+    assert knob >= 40 and payload == sliced_codec._code_latent(y, knob) and len(payload) <= budget
+
+
 _DECODE_IN_CHILD = r"""
 import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))

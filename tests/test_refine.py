@@ -108,18 +108,28 @@ def test_effort_is_an_option_workers_rebuild_with():
 
 
 def test_knob_search_ends_at_the_highest_knob_that_fits(small):
-    """The predicted search stops only on a bracket: its knob fits and the next one does not."""
+    """The search steered by size estimates ends where the search on real codings alone does: its knob
+    fits and the next one does not, in fewer codings; with nothing that fits, it reports the smallest
+    size, measured or under-estimated (estimates under-count the coder's overhead), above the budget."""
     codec = get_codec("learned", device="cpu")
+    assert codec.loaded.rate_estimator is not None
     y = codec.analysis(small, 8)
     q_max = (codec.net.cfg.rate_points - 1) * 16
-    for budget in (int(0.05 * small.size / 3 / 8), int(0.12 * small.size / 3 / 8)):
+    codings = {"estimated": 0, "coded": 0}
+    for budget in (int(0.03 * small.size / 3 / 8), int(0.05 * small.size / 3 / 8), int(0.12 * small.size / 3 / 8)):
         for start in (0, 40):
-            payload, knob = codec._fit_latent(y, budget, start=start)
-            assert payload is not None and len(payload) <= budget
-            assert payload == codec._code_latent(y, knob)
-            assert knob == q_max or len(codec._code_latent(y, knob + 1)) > budget, (budget, start, knob)
+            for name, search in (("estimated", codec._fit_latent), ("coded", codec._fit_latent_by_codings)):
+                before = codec.codings
+                payload, knob = search(y, budget, start=start)
+                codings[name] += codec.codings - before
+                assert payload is not None and len(payload) <= budget
+                assert payload == codec._code_latent(y, knob)
+                assert knob == q_max or len(codec._code_latent(y, knob + 1)) > budget, (name, budget, start, knob)
+    assert codings["estimated"] < codings["coded"], codings
+    real = len(codec._code_latent(y, 0))
     payload, smallest = codec._fit_latent(y, 10)
-    assert payload is None and smallest == len(codec._code_latent(y, 0))
+    assert payload is None and 10 < smallest <= real
+    assert codec._fit_latent_by_codings(y, 10) == (None, real)
 
 
 def test_cli_refuses_unknown_efforts(tmp_path, capsys):

@@ -186,3 +186,26 @@ class FixedPointStack(nn.Module):
             elif op == "relu":
                 x = torch.relu(x)
         return x
+
+    def float_approximation(self) -> nn.Sequential:
+        """A float32 Sequential computing about what this stack computes (the dequantized integer weights,
+        without the activations' rounding): for estimates only (``rate_estimate.py``), never for coding,
+        since it is neither exact nor the same on every device."""
+        frac = [int(v) for v in self.frac_bits]
+        layers: list[nn.Module] = []
+        ci = 0
+        for op in self.layout:
+            if op == "conv":
+                w = getattr(self, f"w{ci}").double() * (getattr(self, f"scale{ci}") * 2.0 ** frac[ci])[:, None, None, None]
+                conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=w.shape[-1] // 2)
+                conv.weight.data.copy_(w.float())
+                conv.bias.data.copy_(getattr(self, f"bias{ci}").float())
+                layers.append(conv)
+                ci += 1
+                if ci == self.n_convs:
+                    break
+            elif op == "shuffle":
+                layers.append(nn.PixelShuffle(2))
+            elif op == "relu":
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers).to(self.w0.device).eval().requires_grad_(False)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from coldpress.codec.fixedpoint import FixedPointStack
+from coldpress.codec.rate_estimate import RateEstimator
 from coldpress.codec.networks import (
     ExtremeCodecNet,
     NetConfig,
@@ -186,6 +187,12 @@ class LoadedModel:
             radius = synthesis_receptive_radius(back, back[0].conv.in_channels)
         factor = 2 ** (len(back) - 1)
         return factor, math.ceil(radius / factor)
+
+    @functools.cached_property
+    def rate_estimator(self):
+        """The float32 size estimate that steers rate control (``rate_estimate.py``; None for models with
+        channel slices)."""
+        return RateEstimator.for_model(self)
 
     @functools.cached_property
     def synthesis32(self) -> nn.Module:
