@@ -363,20 +363,28 @@ def _corrupt_row(archive: Path, rid: str, how: str) -> None:
     write_shard(archive, 0, pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), overwrite=True)
 
 
-def _fake_recon(archive: Path, rid: str) -> None:
-    """Give row ``rid`` a recon_sha256 its pixels do not have (as another kind of device records)."""
+def _fake_recon(archive: Path, rid: str, written_on: str | None = None) -> dict:
+    """Give row ``rid`` a recon_sha256 its pixels do not have (as another kind of device records), and,
+    with ``written_on``, that kind of device in its metadata; return the row's metadata as it was."""
     shard = next(archive.glob("part-*.parquet"))
     rows = pq.ParquetFile(shard).read().to_pylist()
-    next(r for r in rows if r["id"] == rid)["recon_sha256"] = hashlib.sha256(b"another device's pixels").hexdigest()
+    row = next(r for r in rows if r["id"] == rid)
+    metadata = json.loads(row["metadata"])
+    row["recon_sha256"] = hashlib.sha256(b"another device's pixels").hexdigest()
+    if written_on is not None:
+        row["metadata"] = json.dumps({**metadata, "decode_device_kind": written_on})
     write_shard(archive, 0, pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), overwrite=True)
+    return metadata
 
 
 def test_verify_accepts_a_float32_models_rows_from_another_kind_of_device_and_catches_a_changed_decoder(
         tmp_path, capsys):
-    """A v3 row whose pixels differ from those its writer recorded (another kind of CPU, or a GPU, rounds
-    a few samples of a float32 decode the other way) is checked against the float64 reference decode:
-    within one level it is intact (listed in within_one_level); a decoder that moved its pixels by more
-    fails. A float64 model's row (v2) has no such leeway."""
+    """A v3 row records the kind of device it was written on. Where its pixels differ from those its
+    writer recorded (another kind of CPU, or a GPU, rounds a few samples of a float32 decode the other
+    way), it is checked against the float64 reference decode: within one level, on another kind of
+    device, it is intact (listed in within_one_level); on the writer's own kind, or from a decoder that
+    moved its pixels by more, it fails. A float64 model's row (v2) records no kind and has no leeway."""
+    from coldpress.codec.precision_check import device_kind
     from coldpress.codec.registry import get_codec
 
     src = tmp_path / "src"
@@ -385,13 +393,20 @@ def test_verify_accepts_a_float32_models_rows_from_another_kind_of_device_and_ca
     for model in ("cp-extreme-s16-v3", "cp-extreme-s16-v2"):
         dst = tmp_path / model
         assert main(["encode", str(src), str(dst), "--bpp", "0.1", "--model", model, "--quiet"]) == 0
-        _fake_recon(dst, "a.png")
+        metadata = _fake_recon(dst, "a.png")
         rc, out, _ = run_cli(capsys, "verify", dst, "--json")
         report = json.loads(out)
         if model == "cp-extreme-s16-v2":
+            assert "decode_device_kind" not in metadata
             assert rc == 1 and [f["id"] for f in report["failures"]] == ["a.png"]
             assert report["within_one_level"] == []
             continue
+        assert metadata["decode_device_kind"] == device_kind("cpu")
+        assert rc == 1 and [f["id"] for f in report["failures"]] == ["a.png"]  # the writer's own kind
+        assert report["within_one_level"] == []
+        _fake_recon(dst, "a.png", written_on="cpu:AuthenticAMD:25:1:another kind of CPU:AVX2")
+        rc, out, _ = run_cli(capsys, "verify", dst, "--json")
+        report = json.loads(out)
         assert rc == 0 and report["failures"] == [] and report["within_one_level"] == ["a.png"]
         rc, out, _ = run_cli(capsys, "verify", dst)
         assert rc == 0 and "1 of them within one level" in out

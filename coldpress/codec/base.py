@@ -219,6 +219,13 @@ class Codec(abc.ABC):
         """Drop whatever an encode kept for the decode that verifies it (nothing, unless a codec keeps
         something): benchmarks call it to time a restore."""
 
+    def decode_device_kind(self) -> str | None:
+        """The kind of device that decides this codec's decoded pixels, where another kind may round a
+        few samples one level the other way (float32 synthesis), or None where decoded pixels are the
+        same on every device. Recorded per archive row (``decode_device_kind`` in its metadata), so that
+        verify holds a row decoded on its writer's kind of device to exactly the recorded pixels."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Identity for manifests and archive rows."""
         return {"codec": self.name, "model_id": self.model_id, "weights_hash": self.weights_hash.hex()}

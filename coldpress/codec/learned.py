@@ -563,7 +563,7 @@ class LearnedCodec(Codec):
         if check is not None and not preview and self._float32_decode():
             reference = self._pixels(self.loaded.synthesis64, y_hat, inv_gain, torch.float64, torch.contiguous_format,
                                      sw, sh)
-            precision_check.record(check, x_hat, reference)
+            precision_check.record(check, x_hat, reference, self.decode_device_kind())
         if (sw, sh) != (width, height):
             x_hat = np.asarray(Image.fromarray(x_hat).resize((width, height), Image.Resampling.LANCZOS))
         return np.ascontiguousarray(x_hat)
@@ -615,6 +615,11 @@ class LearnedCodec(Codec):
         if self.loaded.decode_precision != "float32":
             return False
         return self.device.type != "cuda" or not torch.backends.cudnn.allow_tf32
+
+    def decode_device_kind(self) -> str | None:
+        """The kind of this codec's device when it decodes in float32 (``precision_check.device_kind``);
+        None for float64 decodes, whose pixels are the same on every device."""
+        return precision_check.device_kind(self.device) if self._float32_decode() else None
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class ReferenceCheck:
     decodes: int = 0  # float32 decodes checked (one per learned payload)
     max_levels: int = 0  # largest |float32 - float64| over every sample of every one, in levels
     reference_sha256: list[str] = field(default_factory=list)  # of each reference decode (uint8, C order)
+    device_kinds: set[str] = field(default_factory=set)  # ``device_kind`` of the devices the decodes ran on
 
     @property
     def within_contract(self) -> bool:
@@ -66,15 +68,22 @@ def active() -> ReferenceCheck | None:
     return _ACTIVE.get()
 
 
-def record(check: ReferenceCheck, decoded: np.ndarray, reference: np.ndarray) -> None:
-    """Count one float32 decode against its reference (uint8 arrays of one shape)."""
+def record(check: ReferenceCheck, decoded: np.ndarray, reference: np.ndarray, kind: str) -> None:
+    """Count one float32 decode, made on a device of ``kind``, against its reference (uint8 arrays of one shape)."""
     levels = int(np.abs(decoded.astype(np.int16) - reference.astype(np.int16)).max()) if decoded.size else 0
     check.decodes += 1
     check.max_levels = max(check.max_levels, levels)
     check.reference_sha256.append(hashlib.sha256(np.ascontiguousarray(reference).tobytes()).hexdigest())
+    check.device_kinds.add(kind)
 
 
 def device_kind(device: torch.device | str = "cpu") -> str:
+    """``_device_kind`` of ``device``, read once per device."""
+    return _device_kind(str(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _device_kind(device: str) -> str:
     """The kind of device a float32 decode ran on, as far as it decides the pixels: for a CPU its vendor,
     family and model and the instruction set torch dispatches to; for a GPU its name and compute
     capability. Decodes on two devices of one kind give identical pixels."""

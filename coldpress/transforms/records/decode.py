@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from coldpress.codec.limits import loads_bounded
 from coldpress.codec.precision_check import checked_against_reference
 from coldpress.codec.registry import decode_bitstream
 from coldpress.errors import BitstreamError, ColdpressError
@@ -68,12 +69,18 @@ def decode_record(row: Mapping[str, Any], decoder: Any = None) -> np.ndarray:
 
 
 def within_reference_decode(row: Mapping[str, Any]) -> bool:
-    """Whether this machine's decode of ``row`` holds payloads of a float32 model and is within the
-    reproducibility contract's one level of the float64 reference decode (``coldpress.codec.precision_check``):
-    what a row written on another kind of device decodes to here."""
+    """Whether this machine's decode of ``row`` holds payloads of a float32 model, is within the
+    reproducibility contract's one level of the float64 reference decode (``coldpress.codec.precision_check``)
+    and ran on another kind of device than the one the row records it was written on: what such a row
+    decodes to here. On the writer's own kind of device the pixels must be the recorded ones exactly
+    (rows written before the kind was recorded get the one level wherever they are decoded)."""
     with checked_against_reference() as check:
         decode_record(row)
-    return check.within_contract
+    try:
+        written_on = loads_bounded(row.get("metadata") or "{}", "the row's metadata").get("decode_device_kind")
+    except (ColdpressError, ValueError, AttributeError):
+        written_on = None  # a damaged metadata column: the decode check alone decides
+    return check.within_contract and written_on not in check.device_kinds
 
 
 def decoder_fields(decoder: Any) -> dict[str, Any] | None:

@@ -104,6 +104,9 @@ def _row(rid: str, uri: str, data: bytes, codec: Codec, bpp: float, bitstream: b
     columns = getattr(data, "columns", None)
     if columns:
         metadata = {**metadata, "dataset": columns}
+    kind = codec.decode_device_kind()
+    if kind is not None:
+        metadata = {**metadata, "decode_device_kind": kind}
     return {
         "id": rid,
         "source_uri": str(uri),
