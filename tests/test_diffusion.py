@@ -240,6 +240,34 @@ def test_train_stage_diffusion_runs_resumes_and_exports_a_decoder_that_restores(
                  "--steps", "1", "--crop", "64"]) == 1
 
 
+def test_diffusion_training_never_applies_a_diverging_step_and_stops_with_what_to_do(tmp_path, monkeypatch, capsys):
+    """An absurd learning rate makes every step after the first non-finite (measured: 5 of 6): none is
+    applied, the checkpoint keeps finite weights, and a run that keeps diverging stops with what to do."""
+    from safetensors.torch import load_file
+
+    from coldpress.jobs import finite_steps
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(natural_image(80, 96, "RGB", seed=40 + i)).save(data / f"im{i}.png")
+    run = tmp_path / "run"
+    common = ["train", "--stage", "diffusion", "--run", str(run), "--data", str(data), "--batch", "2", "--crop", "64",
+              "--pool", "3", "--refresh", "1", "--threads", "1", "--quiet", "--lr", "1e8"]
+    assert main([*common, "--steps", "6"]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["step"] == 6 and state["skipped_steps"] >= 1
+    weights = load_file(str(run / "decoder.safetensors"))
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+    monkeypatch.setattr(finite_steps, "MAX_SKIPPED_IN_A_ROW", 2)
+    capsys.readouterr()
+    assert main([*common, "--steps", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged: 2 steps in a row" in err and "lower --lr" in err
+    after = load_file(str(run / "decoder.safetensors"))
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
 def test_ray_beam_and_the_warm_service_restore_through_the_diffusion_decoder_like_the_local_engine(v2_archive, tmp_path):
     ray = pytest.importorskip("ray")
     pytest.importorskip("apache_beam")

@@ -156,7 +156,7 @@ def test_a_diverging_step_is_never_applied_and_a_diverged_run_keeps_its_last_che
     with what to do, its last good checkpoint kept."""
     import torch
 
-    from coldpress.jobs import trainer
+    from coldpress.jobs import finite_steps
 
     run = copy_run(trained_run, tmp_path / "diverging")
     assert train_main(["--run", str(run), "--steps", "4", *STEPS, "--lr", "1e4"]) == 0
@@ -164,7 +164,7 @@ def test_a_diverging_step_is_never_applied_and_a_diverged_run_keeps_its_last_che
     assert state["step"] == 6 and state["skipped_steps"] >= 1
     assert all(bool(torch.isfinite(v).all()) for v in load_file(str(run / "checkpoint.safetensors")).values()
                if v.is_floating_point())
-    monkeypatch.setattr(trainer, "MAX_SKIPPED_IN_A_ROW", 2)
+    monkeypatch.setattr(finite_steps, "MAX_SKIPPED_IN_A_ROW", 2)
     before = load_file(str(run / "checkpoint.safetensors"))
     with pytest.raises(ColdpressError, match=r"training diverged: 2 steps in a row .* lower --lr"):
         train_main(["--run", str(run), "--steps", "20", *STEPS, "--lr", "1e4"])

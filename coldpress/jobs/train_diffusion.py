@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from coldpress.codec.diffusion.denoiser import DenoiserConfig, RelayDenoiser, parameter_count
 from coldpress.codec.diffusion.relay import make_scheduler, relay_state, sample
 from coldpress.codec.diffusion.weights import save_decoder
+from coldpress.jobs.finite_steps import FiniteSteps, refuse_non_finite
 
 CHECKPOINT = "decoder.safetensors"
 #: Loss weights of the fixed-step chain.
@@ -161,7 +162,9 @@ def _save(run: Path, net: RelayDenoiser, optimizer, state: dict) -> None:
 
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / f".{CHECKPOINT}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp),
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    refuse_non_finite(tensors, run, state["step"])
+    save_file(tensors, str(tmp),
               metadata={"kind": "coldpress-diffusion-decoder", "config": json.dumps(net.cfg.to_dict()),
                         "step": str(state["step"])})
     os.replace(tmp, run / CHECKPOINT)
@@ -230,6 +233,7 @@ def train(args: argparse.Namespace) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = args.lr
     scheduler = make_scheduler(cfg)
+    steps = FiniteSteps(state, run, args.lr)
     start_step, started = state["step"], time.time()
     print(f"train: diffusion decoder, {parameter_count(net) / 1e6:.2f} M parameters, {len(images)} images from "
           f"{folders} on {device}; making a pool of {args.pool} pairs", file=sys.stderr)
@@ -253,11 +257,12 @@ def train(args: argparse.Namespace) -> dict:
             x0, c, bpp = next_batch(pool, maker, rng, args.batch, args.refresh)
             out = losses(net, scheduler, cfg, x0.to(device), c.to(device), bpp.to(device), args.fixed_steps,
                          seed=rng.randrange(1 << 62))
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
+            applied = steps.apply(out["loss"], list(net.parameters()), optimizer)
             state["step"] += 1
+            if steps.diverged:
+                raise steps.error()
+            if not applied:
+                continue
             count += 1
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())

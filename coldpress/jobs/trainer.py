@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from coldpress.codec.networks import ExtremeCodecNet, NetConfig
-from coldpress.errors import ColdpressError
+from coldpress.jobs.finite_steps import FiniteSteps, refuse_non_finite
 from coldpress.jobs.train import DEFAULT_DATA
 from coldpress.metrics import psnr_from_mse
 from coldpress.transforms.sources import list_images, read_rgb
@@ -118,21 +118,13 @@ def evaluate(model: ExtremeCodecNet, paths: list[str], qs: list[float], device: 
     return results
 
 
-#: Steps in a row whose loss or gradient is not finite (each skipped) after which training stops.
-MAX_SKIPPED_IN_A_ROW = 50
-
-
 def save_checkpoint(run: Path, model, optimizer, aux_optimizer, state: dict) -> None:
     from safetensors.torch import save_file
 
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / ".checkpoint.safetensors.tmp"
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:  # never replace a good checkpoint with a diverged one
-        raise ColdpressError(
-            f"training diverged by step {state['step']}: {len(bad)} tensors hold NaN or infinite values (first: "
-            f"{bad[0]}); {run} keeps its last checkpoint. Resume it with a lower --lr")
+    refuse_non_finite(sd, run, state["step"])
     save_file(sd, str(tmp), metadata={"config": json.dumps(model.cfg.to_dict()), "step": str(state["step"])})
     os.replace(tmp, run / "checkpoint.safetensors")
     tmp = run / ".optimizer.pt.tmp"
@@ -261,18 +253,13 @@ def train(args: argparse.Namespace) -> dict:
     model.train()
     end_step = state["step"] + args.steps
     start_step, start_seconds = state["step"], state["seconds"]
-    bad_in_a_row = 0
+    steps = FiniteSteps(state, run, args.lr)
     while state["step"] < end_step:
         x = random_batch(images, args.batch, args.crop, rng)
         q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
         out = (rd_loss if train_only == "all" else context_rate_loss)(model, x, q)
-        optimizer.zero_grad(set_to_none=True)
-        applied = bool(torch.isfinite(out["loss"]))
+        applied = steps.apply(out["loss"], main_params, optimizer)
         if applied:
-            out["loss"].backward()
-            applied = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(main_params, 1.0)))
-        if applied:  # a non-finite loss or gradient is never applied: one would turn every weight into NaN
-            optimizer.step()
             if aux_params:
                 aux_loss = model.aux_loss()
                 aux_optimizer.zero_grad(set_to_none=True)
@@ -280,16 +267,10 @@ def train(args: argparse.Namespace) -> dict:
                     aux_loss.backward()
                     aux_optimizer.step()
         state["step"] += 1
-        bad_in_a_row = 0 if applied else bad_in_a_row + 1
-        if not applied:
-            state["skipped_steps"] = int(state.get("skipped_steps", 0)) + 1
-            if bad_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                log_file.close()
-                raise ColdpressError(
-                    f"training diverged: {bad_in_a_row} steps in a row up to step {state['step']} gave a non-finite "
-                    f"loss or gradient (none was applied); {run} keeps its last checkpoint. Resume it with a lower "
-                    f"--lr (now {args.lr:g})")
-        else:
+        if steps.diverged:
+            log_file.close()
+            raise steps.error()
+        if applied:
             for k in ("loss", "bpp", "mse"):
                 acc[k] += float(out[k].detach())
             acc["n"] += 1
