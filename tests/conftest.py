@@ -38,34 +38,14 @@ def _storage_options(endpoint_url: str) -> dict:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """Endpoint URL of a moto S3 server running for the whole session, with dummy credentials set."""
+    """Endpoint URL of a moto S3 server running for the whole session, with dummy credentials set (the
+    server ``bench scale --faults`` runs on: ``coldpress.jobs.bench.local_s3``)."""
     pytest.importorskip("moto.server", reason="moto[server] is needed for the S3 tests")
-    from moto.server import ThreadedMotoServer
+    from coldpress.jobs.bench.local_s3 import LocalS3Server
 
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-    saved = {k: os.environ.get(k) for k in [*env, "AWS_ENDPOINT_URL"]}
-    os.environ.update(env)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    try:
+    with LocalS3Server() as endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint  # removed again with the server's other AWS_ settings
         yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ uploads left behind, and what the manifest says storage made the run retry.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from coldpress.errors import ColdpressError
+from coldpress.jobs.bench.local_s3 import LocalS3Server
 
 MOTO_MISSING = ("bench scale --faults needs moto's S3 server: install the test extras "
                 "(pip install -e '.[test]', as scripts/setup.sh does)")
@@ -91,44 +90,6 @@ def _run(step: str, *args: str) -> dict[str, Any]:
     return {"error": f"exit status {proc.returncode}: {last.strip()}"}
 
 
-class _S3Server:
-    """moto's standalone S3 server on 127.0.0.1 with dummy credentials in the environment (restored on exit)."""
-
-    ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-
-    def __enter__(self) -> str:
-        try:
-            from moto.server import ThreadedMotoServer
-        except ImportError as exc:
-            raise ColdpressError(MOTO_MISSING) from exc
-        # Only the dummy credentials: a profile, endpoint, retry or CA setting of the user's must not leak in.
-        self._saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-        for k in self._saved:
-            del os.environ[k]
-        os.environ.update(self.ENV)
-        try:
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
-            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            self._server.start()
-            host, port = self._server.get_host_and_port()
-        except BaseException:
-            self._restore()
-            raise
-        return f"http://{host}:{port}"
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self._server.stop()
-        finally:
-            self._restore()
-
-    def _restore(self) -> None:
-        for k in [k for k in os.environ if k.startswith("AWS_")]:
-            del os.environ[k]
-        os.environ.update(self._saved)
-
-
 def check_fault_bench(rate: float) -> None:
     """Raise ColdpressError now, before any other bench runs, when ``--faults RATE`` cannot run."""
     if not 0 <= rate < 1:
@@ -170,7 +131,7 @@ def fault_bench(work: Path, n: int, rate: float, engines: list[str], seed: int =
     if not src.exists():
         make_images(src, n)
     rows = []
-    with _S3Server() as endpoint:
+    with LocalS3Server(MOTO_MISSING) as endpoint:
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
         fs.mkdir(BUCKET)
         fs.put(str(src), f"{BUCKET}/src", recursive=True)
