@@ -47,7 +47,7 @@ class RateEstimator:
         z_hat, z_likelihoods = net.entropy_bottleneck(net.h_a(y), training=False)
         means, scales = self.hyper(z_hat).chunk(2, dim=1)
         if self.context is not None:
-            anchor = anchor_mask(*y.shape[-2:])
+            anchor = anchor_mask(*y.shape[-2:], device=y.device)
             anchors_hat = (torch.round(y - means) + means) * anchor
             d_means, d_scales = self.params(torch.cat([means, scales, self.context(anchors_hat)], dim=1)).chunk(2, dim=1)
             means = torch.where(anchor, means, means + d_means)
