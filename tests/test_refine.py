@@ -116,7 +116,9 @@ def test_knob_search_ends_at_the_highest_knob_that_fits(small):
     y = codec.analysis(small, 8)
     q_max = (codec.net.cfg.rate_points - 1) * 16
     codings = {"estimated": 0, "coded": 0}
-    for budget in (int(0.03 * small.size / 3 / 8), int(0.05 * small.size / 3 / 8), int(0.12 * small.size / 3 / 8)):
+    # Budgets at a real size (knob 0's, 57's: that knob fits exactly) and between two (20's and 21's).
+    sizes = {k: len(codec._code_latent(y, k)) for k in (0, 20, 21, 57)}
+    for budget in (sizes[0], (sizes[20] + sizes[21]) // 2, sizes[57]):
         for start in (0, 40):
             for name, search in (("estimated", codec._fit_latent), ("coded", codec._fit_latent_by_codings)):
                 before = codec.codings
