@@ -211,14 +211,21 @@ def test_the_python_api_decodes_through_the_diffusion_decoder(v2_archive, tmp_pa
     assert seed_of(row["bitstream"]) == seed_of(bytes(row["bitstream"]))
 
 
-def test_train_stage_diffusion_runs_resumes_and_exports_a_decoder_that_restores(tmp_path, v2_archive):
+def _tiny_diffusion_run(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """(data folder of 3 small images, run folder, the CLI arguments of a tiny diffusion training on them)."""
     data = tmp_path / "data"
     data.mkdir()
     for i in range(3):
         Image.fromarray(natural_image(80, 96, "RGB", seed=40 + i)).save(data / f"im{i}.png")
     run = tmp_path / "run"
     common = ["train", "--stage", "diffusion", "--run", str(run), "--data", str(data), "--batch", "2", "--crop", "64",
-              "--pool", "3", "--refresh", "1", "--threads", "1", "--log-every", "1", "--quiet"]
+              "--pool", "3", "--refresh", "1", "--threads", "1", "--quiet"]
+    return data, run, common
+
+
+def test_train_stage_diffusion_runs_resumes_and_exports_a_decoder_that_restores(tmp_path, v2_archive):
+    data, run, common = _tiny_diffusion_run(tmp_path)
+    common += ["--log-every", "1"]
     assert main([*common, "--steps", "2"]) == 0
     state = json.loads((run / "state.json").read_text())
     assert state["step"] == 2 and (run / "decoder.safetensors").exists() and (run / "optimizer.pt").exists()
@@ -247,13 +254,8 @@ def test_diffusion_training_never_applies_a_diverging_step_and_stops_with_what_t
 
     from coldpress.jobs import finite_steps
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        Image.fromarray(natural_image(80, 96, "RGB", seed=40 + i)).save(data / f"im{i}.png")
-    run = tmp_path / "run"
-    common = ["train", "--stage", "diffusion", "--run", str(run), "--data", str(data), "--batch", "2", "--crop", "64",
-              "--pool", "3", "--refresh", "1", "--threads", "1", "--quiet", "--lr", "1e8"]
+    _, run, common = _tiny_diffusion_run(tmp_path)
+    common += ["--lr", "1e8"]
     assert main([*common, "--steps", "6"]) == 0
     state = json.loads((run / "state.json").read_text())
     assert state["step"] == 6 and state["skipped_steps"] >= 1

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from coldpress.codec import get_codec
+from coldpress.codec.learned import Q_STEPS
 from coldpress.codec.models import default_model_available
 
 PHOTOS = Path(__file__).resolve().parents[1] / "coldpress" / "samples" / "photos"
@@ -40,7 +41,7 @@ def test_once_calibrated_by_one_coding_the_estimate_predicts_a_neighbouring_knob
     estimator = codec.loaded.rate_estimator
     for knob in (8, 40, 72):
         real = {k: len(codec._code_latent(y, k)) for k in (knob, knob + 1)}
-        estimate = {k: estimator.estimate(y, k) for k in (knob, knob + 1)}
+        estimate = {k: estimator.estimate(y, k, Q_STEPS) for k in (knob, knob + 1)}
         assert 0.8 < real[knob] / estimate[knob] < 1.25  # uncalibrated: within the coder's overhead
         predicted = estimate[knob + 1] * real[knob] / estimate[knob]
         assert abs(predicted - real[knob + 1]) <= 24 + 0.005 * real[knob + 1], (knob, predicted, real)

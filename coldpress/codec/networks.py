@@ -251,6 +251,14 @@ class CheckerboardContext(nn.Module):
         d_means, d_scales = self.params(torch.cat([means, scales, ctx], dim=1)).chunk(2, dim=1)
         return means + d_means, scales + d_scales
 
+    def parameters_of(self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        """(means, scales) of every latent: the hyperprior's on the anchors, refined from the anchors as the
+        decoder sees them (rounded around the hyper means; straight-through for training) elsewhere."""
+        anchor = anchor_mask(*y.shape[-2:], device=y.device)
+        anchors_hat = (y - means) + (torch.round(y - means) - (y - means)).detach() + means
+        c_means, c_scales = self(anchors_hat * anchor, means, scales)
+        return torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
+
 
 #: Width of the hidden layers of the channel context's networks.
 CHANNEL_HIDDEN = 64
@@ -421,11 +429,7 @@ class ExtremeCodecNet(CompressionModel):
             _, means, scales = latent_passes(means, scales, self.cfg.slices, order, self.context,
                                              self.channel_context.refine, code)
             return means, scales
-        anchor = anchor_mask(*y.shape[-2:], device=y.device)
-        # The decoder sees the anchors as rounded around the hyper means (straight-through here).
-        anchors_hat = (y - means) + (torch.round(y - means) - (y - means)).detach() + means
-        c_means, c_scales = self.context(anchors_hat * anchor, means, scales)
-        return torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
+        return self.context.parameters_of(y, means, scales)
 
     def load_state_dict(self, state_dict, strict: bool = True):  # noqa: D102 - strict by default
         for name, module in self.named_modules():

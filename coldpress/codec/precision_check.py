@@ -77,13 +77,8 @@ def record(check: ReferenceCheck, decoded: np.ndarray, reference: np.ndarray, ki
     check.device_kinds.add(kind)
 
 
+@functools.lru_cache(maxsize=None)  # read once per device
 def device_kind(device: torch.device | str = "cpu") -> str:
-    """``_device_kind`` of ``device``, read once per device."""
-    return _device_kind(str(device))
-
-
-@functools.lru_cache(maxsize=None)
-def _device_kind(device: str) -> str:
     """The kind of device a float32 decode ran on, as far as it decides the pixels: for a CPU its vendor,
     family and model and the instruction set torch dispatches to; for a GPU its name and compute
     capability. Decodes on two devices of one kind give identical pixels."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from coldpress.codec.networks import anchor_mask
+from coldpress.codec.networks import CheckerboardContext, HyperSynthesis
 
 #: The real bitstream's size over the estimate, before a coding has measured it: 1.005 to 1.03 on
 #: photos of Kodak to 4-megapixel size between 0.03 and 0.1 bpp (the scale table's rounding, the
@@ -27,31 +27,34 @@ PRIOR_SIZE_RATIO = 1.02
 
 
 class RateEstimator:
-    """``estimate(y, q16)``: the estimated payload bytes of the unscaled latent ``y`` at knob ``q16``."""
+    """``estimate(y, q16, q_steps)``: the estimated payload bytes of the unscaled latent ``y`` at knob
+    ``q16`` (in 1/``q_steps`` of a rate point), through the training network's own hyper-synthesis and
+    checkerboard context with the exported fixed-point weights in float32."""
 
     def __init__(self, loaded) -> None:
+        cfg = loaded.net.cfg
         self.net = loaded.net
-        self.hyper = loaded.hs_fixed.float_approximation()
-        self.context = loaded.ctx_fixed.float_approximation() if loaded.has_context else None
-        self.params = loaded.ep_fixed.float_approximation() if loaded.has_context else None
+        self.hyper = HyperSynthesis(cfg)
+        self.hyper.net = loaded.hs_fixed.float_approximation()
+        self.context = None
+        if loaded.has_context:
+            self.context = CheckerboardContext(cfg)
+            self.context.context = loaded.ctx_fixed.float_approximation()
+            self.context.params = loaded.ep_fixed.float_approximation()
 
     @classmethod
     def for_model(cls, loaded) -> "RateEstimator | None":
         return None if loaded.has_slices else cls(loaded)
 
     @torch.no_grad()
-    def estimate(self, y: torch.Tensor, q16: int, q_steps: int = 16) -> float:
+    def estimate(self, y: torch.Tensor, q16: int, q_steps: int) -> float:
         net = self.net
         gain, _ = net.gains(torch.tensor([q16 / q_steps], device=y.device))
         y = y.float() * gain
         z_hat, z_likelihoods = net.entropy_bottleneck(net.h_a(y), training=False)
-        means, scales = self.hyper(z_hat).chunk(2, dim=1)
+        means, scales = self.hyper(z_hat)
         if self.context is not None:
-            anchor = anchor_mask(*y.shape[-2:], device=y.device)
-            anchors_hat = (torch.round(y - means) + means) * anchor
-            d_means, d_scales = self.params(torch.cat([means, scales, self.context(anchors_hat)], dim=1)).chunk(2, dim=1)
-            means = torch.where(anchor, means, means + d_means)
-            scales = torch.where(anchor, scales, scales + d_scales)
+            means, scales = self.context.parameters_of(y, means, scales)
         _, y_likelihoods = net.gaussian_conditional(y, scales, means=means, training=False)
         bits = -torch.log2(z_likelihoods.double()).sum() - torch.log2(y_likelihoods.double().clamp_min(1e-9)).sum()
         return float(bits) / 8

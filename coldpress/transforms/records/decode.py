@@ -78,7 +78,7 @@ def within_reference_decode(row: Mapping[str, Any]) -> bool:
         decode_record(row)
     try:
         written_on = loads_bounded(row.get("metadata") or "{}", "the row's metadata").get("decode_device_kind")
-    except (ColdpressError, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         written_on = None  # a damaged metadata column: the decode check alone decides
     return check.within_contract and written_on not in check.device_kinds
 
