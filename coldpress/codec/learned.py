@@ -14,7 +14,7 @@ y_anchors y_others for checkerboard models; varint(len(z)) z y_passes for models
 
 Rate control: for each candidate scale (largest first), the highest knob ``q`` whose real bitstream
 fits the byte budget, searched on the model's float32 size estimate (``rate_estimate.py``) calibrated by
-the real codings made so far, and verified on real bitstreams (``_fit_latent``: 1 or 2 codings where the
+the real codings made so far, and verified on real bitstreams (``rate_control.py``: 1 or 2 codings where the
 search on codings alone took 3 to 6 and a bisection 7 or 8); the payload kept is always a real coding
 within the budget. With
 ``scale_search`` (the default), when the knob lands low, the next smaller scale is fitted too (its first
@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coldpress.codec import precision_check, slice_coding
+from coldpress.codec import precision_check, rate_control, slice_coding
 from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
 from coldpress.codec.models import LEGACY_DECODE_TILING, LoadedModel, load_model
 from coldpress.codec.networks import anchor_mask
-from coldpress.codec.rate_estimate import PRIOR_SIZE_RATIO
+from coldpress.codec.rate_control import LOG_SIZE_SLOPE
 from coldpress.codec.refine import EFFORTS, REFINE_MAX_PIXELS, Refiner, check_effort
 from coldpress.codec.registry import register
 from coldpress.errors import BitstreamError, RateUnreachableError
@@ -69,14 +69,6 @@ BACK_TILE, OUTER_TILE_FACTOR = 768, 2
 #: Reconstructions the scale search made, kept for the decode that verify-on-write runs next (see
 #: ``_reconstruct``): at most this many, of images up to this many pixels.
 MEMO_ENTRIES, MEMO_MAX_PIXELS = 2, 1 << 24
-#: Prior slope of log(payload size) against the knob (in 1/16ths), for the first prediction of the knob
-#: search: about 0.025 on Kodak and BSDS500 images with cp-extreme-s16-v2 (x7.7 over the 80 knobs).
-LOG_SIZE_SLOPE = 0.025
-#: The knob above the chosen one is taken as too big without coding it when its calibrated size
-#: estimate exceeds the budget by this many bytes plus this fraction of the budget (``_fit_latent``).
-TRUST_MARGIN_BYTES, TRUST_MARGIN_FRACTION = 24, 0.005
-#: Probes on estimates in a row that may fail to halve the bracket before a midpoint (``_bracket``).
-ESTIMATE_PATIENCE = 4
 
 
 def _scaled_size(w: int, h: int, eighths: int) -> tuple[int, int]:
@@ -325,118 +317,28 @@ class LearnedCodec(Codec):
 
     def _fit_latent(self, y: torch.Tensor, budget: int, start: int = 0) -> tuple[bytes | None, int]:
         """(payload of latent ``y`` at the highest knob that fits ``budget``, or None; that knob, or the
-        smallest payload size, measured or estimated, when none fits).
-
-        The search runs on the model's float32 size estimate (``rate_estimate.py``), calibrated by the
-        real codings made so far (the ratio of the nearest one's size to its estimate), and codes for real only
-        the knob it predicts as the highest that fits: at the end the kept knob's payload is a real
-        coding within the budget, and the knob above it was either coded and is too big, or is
-        estimated over the budget by more than ``TRUST_MARGIN_BYTES`` (plus ``TRUST_MARGIN_FRACTION`` of
-        the budget: about 3 times the estimate's largest error measured next to a coding). The same
-        holds at knob 0: a scale whose knob 0 is estimated that far over is not coded at all. One or
-        two codings on most images, where a search on codings alone (``_fit_latent_by_codings``, for
-        models without an estimator) takes 3 to 6 (results/search/README.md).
-        """
+        smallest payload size when none fits): ``rate_control.fit_on_estimates`` on the model's size
+        estimate, one or two real codings on most images."""
         estimator = self.loaded.rate_estimator
         if estimator is None:
             return self._fit_latent_by_codings(y, budget, start)
-        q_max = (self.net.cfg.rate_points - 1) * Q_STEPS
-        estimates: dict[int, float] = {}
-        coded: dict[int, bytes] = {}
-
-        def estimate(knob: int) -> float:
-            if knob not in estimates:
-                estimates[knob] = estimator.estimate(y, knob, Q_STEPS)
-            return estimates[knob]
-
-        def predicted(knob: int) -> float:
-            if not coded:
-                return estimate(knob) * PRIOR_SIZE_RATIO
-            near = min(coded, key=lambda k: (abs(k - knob), k))
-            return estimate(knob) * len(coded[near]) / estimate(near)
-
-        margin = TRUST_MARGIN_BYTES + TRUST_MARGIN_FRACTION * budget
-        fits, over, fit_payload = -1, q_max + 1, None
-        start = start or q_max // 2  # no prediction: the middle of the range, as near as a guess gets
-        while over - fits > 1:
-            knob = self._bracket(predicted, budget, start, fits, over, patience=ESTIMATE_PATIENCE)[0]
-            if knob == fits:  # the knob above the highest known fit is estimated too big
-                if predicted(fits + 1) - budget > margin:
-                    break
-                knob = fits + 1
-            coded[knob] = self._code_latent(y, knob)
-            self.codings += 1
-            if len(coded[knob]) <= budget:
-                fits, fit_payload = knob, coded[knob]
-            else:
-                over = knob
-            start = knob
-        if fit_payload is None:
-            return None, len(coded[0]) if 0 in coded else round(predicted(0))
-        return fit_payload, fits
+        return rate_control.fit_on_estimates(self._coder(y), lambda knob: estimator.estimate(y, knob, Q_STEPS),
+                                             budget, self._q_max, start)
 
     def _fit_latent_by_codings(self, y: torch.Tensor, budget: int, start: int = 0) -> tuple[bytes | None, int]:
         """``_fit_latent`` measuring every probe on a real coding (models without a rate estimator)."""
-        payloads: dict[int, bytes] = {}
+        return rate_control.fit_on_codings(self._coder(y), budget, self._q_max, start)
 
-        def size(knob: int) -> int:
-            payloads[knob] = self._code_latent(y, knob)
+    @property
+    def _q_max(self) -> int:
+        return (self.net.cfg.rate_points - 1) * Q_STEPS
+
+    def _coder(self, y: torch.Tensor):
+        """Real codings of latent ``y`` by knob, counted in ``codings``."""
+        def code(knob: int) -> bytes:
             self.codings += 1
-            return len(payloads[knob])
-
-        fits, _, sizes = self._bracket(size, budget, start, -1, (self.net.cfg.rate_points - 1) * Q_STEPS + 1)
-        if fits < 0:
-            return None, sizes[0]
-        return payloads[fits], fits
-
-    def _bracket(self, size_of, budget: int, start: int, fits: int, over: int, patience: int = 2
-                 ) -> tuple[int, int, dict[int, float]]:
-        """(fits, over, sizes): the bracket narrowed to adjacent knobs, ``fits`` the highest knob whose
-        ``size_of`` is within ``budget`` (-1: none) and ``over`` the next, starting from the bracket given.
-
-        Predicted: the log of the size is close to linear in the knob, so after the first probe (at
-        ``start``) the knob where the size meets the budget is predicted with the prior slope
-        ``LOG_SIZE_SLOPE``, then by the secant through the two nearest probes on either side of the
-        budget (or the two on one side); the probe is the prediction rounded down, kept strictly
-        inside the bracket (so a prediction at the highest fitting knob verifies the knob above it).
-        After ``patience`` probes in a row that did not halve the bracket, a midpoint: never more than
-        about twice a bisection's probes at the default (codings); estimates, cheaper and smoother, get
-        more patience.
-        """
-        sizes: dict[int, float] = {}
-        knob, slow = min(max(fits + 1, start), over - 1), 0
-        while over - fits > 1:
-            sizes[knob] = size_of(knob)
-            width = over - fits
-            if sizes[knob] <= budget:
-                fits = knob
-            else:
-                over = knob
-            if over - fits <= 1:
-                break
-            slow = slow + 1 if (over - fits) * 2 > width else 0
-            if slow >= patience:
-                knob, slow = (fits + over) // 2, 0
-                continue
-            knob = min(max(math.floor(self._predict_knob(sizes, fits, over, budget)), fits + 1), over - 1)
-        return fits, over, sizes
-
-    @staticmethod
-    def _predict_knob(sizes: dict[int, int], fits: int, over: int, budget: int) -> float:
-        """The (real-valued) knob where the log size reaches log(budget), from the codings so far."""
-        target = math.log(budget)
-        if fits in sizes and over in sizes:
-            a, b = fits, over
-        else:
-            side = sorted(sizes, reverse=fits in sizes)  # the nearest codings on the known side
-            a, b = (side[0], side[1]) if len(side) > 1 and abs(side[0] - side[1]) >= 4 else (side[0], None)
-        la = math.log(max(sizes[a], 1.0))
-        if b is None:
-            return a + (target - la) / LOG_SIZE_SLOPE
-        slope = (math.log(max(sizes[b], 1.0)) - la) / (b - a)
-        if not slope > 1e-6:
-            slope = LOG_SIZE_SLOPE
-        return a + (target - la) / slope
+            return self._code_latent(y, knob)
+        return code
 
     def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
         """Rate control (``_search``), then, at ``effort`` 1 or 2, refinement of the chosen scale's latent."""
