@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from coldpress.codec.container import read_varint, varint
+from coldpress.codec.container import varint
 from coldpress.errors import BitstreamError
 from coldpress.transforms.raster.bounds import _bad, check_decode, read_header
 from coldpress.transforms.raster.mapping import _apply_validity, _from8
