@@ -184,6 +184,25 @@ def test_encode_report_compares_with_avif_half_at_the_same_bytes(tmp_path, capsy
         assert float(fields[7]) == pytest.approx(psnr(image, avif.decode(ref)), abs=0.01)
 
 
+def test_linked_files_are_archived_and_links_to_nothing_or_to_folders_rejected_with_what_to_do(tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "real.png").write_bytes(_image_bytes("a.png", 3))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "linked.png").symlink_to(elsewhere / "real.png")
+    (src / "dangling.png").symlink_to(elsewhere / "gone.png")
+    (src / "folder").symlink_to(elsewhere)
+    rc, _, err = encode(capsys, src, tmp_path / "archive")
+    assert rc == 0, err
+    archive = open_archive(tmp_path / "archive")
+    assert archive.read(columns=["id"]).column("id").to_pylist() == ["linked.png"]
+    reasons = dict(zip(*archive.rejected().select(["id", "reason"]).to_pydict().values()))
+    assert sorted(reasons) == ["dangling.png", "folder"]
+    assert "a link's target too" in reasons["dangling.png"]
+    assert "pass that folder as a source" in reasons["folder"]
+
+
 def test_strict_exits_2_when_anything_is_rejected(tmp_path, capsys):
     rc, out, err = encode(capsys, make_tree(tmp_path / "src"), tmp_path / "archive", "--strict")
     assert rc == 2

@@ -152,7 +152,9 @@ def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> lis
 
     ``key`` is the file's path relative to ``src`` with forward slashes; a ``src`` that is a single
     file gives its basename. Hidden files and everything inside hidden folders (names starting with
-    ".") are skipped. Nothing else is filtered: files that are not images are listed, and end up in
+    ".") are skipped. Symbolic links are listed under their own names and read through (datasets often
+    link their files in); a link that leads to no file (dangling, or to a folder, which is not walked:
+    links can loop) is listed too, so that it ends up rejected with its reason instead of lost. Nothing else is filtered: files that are not images are listed, and end up in
     the rejected table with a reason. ``uri`` is what :func:`read_bytes` takes: an absolute path for
     local sources, a full URL (``s3://bucket/key``) otherwise. A dataset source (``parquet:PATH``,
     ``webdataset:PATH``, ``listing:PATH``: ``transforms.datasets``) lists its samples instead.
@@ -174,7 +176,7 @@ def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> lis
     prefix = root + "/" if root else ""
     pairs: list[tuple[str, str]] = []
     for path, info in fs.find(root, withdirs=False, detail=True).items():
-        if info.get("type", "file") != "file" or not path.startswith(prefix):
+        if info.get("type", "file") != "file" and not info.get("islink") or not path.startswith(prefix):
             continue
         key = path[len(prefix):]
         if not key or key.endswith("/") or _is_hidden(key):

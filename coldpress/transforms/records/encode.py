@@ -162,10 +162,11 @@ def unreadable_row(key: str, uri: str, exc: BaseException) -> dict[str, Any]:
     Raises EnvironmentFault instead when the read failed for the environment (credentials, network,
     disk): that is not the input's fault, and the job must stop rather than reject it."""
     raise_if_environmental(exc, f"reading {uri}")
-    reason = (
-        f"ReadError: could not read {uri} ({type(exc).__name__}: {exc}); check that it exists and "
-        "that the job's credentials can read it, then run the job again"
-    )
+    if isinstance(exc, IsADirectoryError):  # a link to a folder (sources.list_sources lists, never walks, them)
+        todo = "it is a folder (a link to one: links are not walked, they can loop); pass that folder as a source"
+    else:
+        todo = "check that it exists (a link's target too) and that the job's credentials can read it"
+    reason = f"ReadError: could not read {uri} ({type(exc).__name__}: {exc}); {todo}, then run the job again"
     return rejected_row(key, uri, reason)
 
 
