@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from coldpress.codec.diffusion.backbone import (
-    CHECKPOINT, LOG, STATE, BackboneDecoder, ControlBranch, get_backbone_decoder, is_branch_file, load_backbone,
-    load_branch, target_of, to_x0,
+    BackboneDecoder, ControlBranch, get_backbone_decoder, is_branch_file, load_backbone, load_branch, target_of, to_x0,
 )
 from coldpress.errors import ColdpressError
 from coldpress.jobs.cli import main
+from coldpress.jobs.train_backbone import CHECKPOINT, LOG, STATE
 from synthetic_images import natural_image
 
 
@@ -91,6 +91,21 @@ def test_training_resumes_and_exports_into_the_run_folder(trained):
     assert not torch.equal(low, high)
     fresh = ControlBranch.fresh(backbone)
     assert all(float(w.abs().max()) == 0 for w in (m.weight.detach() for m in fresh.controlnet.controlnet_down_blocks))
+
+
+def test_a_diverging_branch_step_is_never_applied(trained, tmp_path):
+    """The branch's training shares the pixel decoder's guard (``training_segment.run_segment``): at an
+    absurd learning rate the non-finite steps are skipped and counted, and the weights stay finite."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    common = [a if a != str(trained["run"]) else str(run) for a in trained["common"]]
+    assert main([*common, "--steps", "4", "--lr", "1e12", "--reset-optimizer"]) == 0
+    state = json.loads((run / STATE).read_text())
+    assert state["step"] == trained["first"]["step"] + 1 + 4 and state["skipped_steps"] >= 1
+    weights = load_file(str(run / CHECKPOINT))
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
 
 
 def test_a_real_coarse_decode_refines_deterministically_and_detail_zero_is_the_coarse_image(trained):

@@ -23,7 +23,6 @@ them under ``decoders`` in MODELS.json (``--register`` makes them the default de
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -39,7 +38,8 @@ import torch.nn.functional as F
 from coldpress.codec.diffusion.denoiser import DenoiserConfig, RelayDenoiser, parameter_count
 from coldpress.codec.diffusion.relay import make_scheduler, relay_state, sample
 from coldpress.codec.diffusion.weights import save_decoder
-from coldpress.jobs.finite_steps import FiniteSteps, refuse_non_finite
+from coldpress.jobs.finite_steps import refuse_non_finite
+from coldpress.jobs.training_segment import history_summary, run_segment
 
 CHECKPOINT = "decoder.safetensors"
 #: Loss weights of the fixed-step chain.
@@ -201,9 +201,22 @@ def _load_images(folders: list[str], min_side: int, seed: int) -> list[np.ndarra
     return images
 
 
-def train(args: argparse.Namespace) -> dict:
+def training_pairs(args: argparse.Namespace, state: dict) -> tuple[list[str], list[np.ndarray], random.Random, PairMaker]:
+    """(folders, images, rng, maker): the training images of ``--data`` (at least ``--crop`` a side) and the
+    pair maker over them, seeded by ``--seed`` and the run's step so that a resumed run goes on, not repeats."""
     from coldpress.errors import ColdpressError
     from coldpress.jobs.train import DEFAULT_DATA
+
+    folders = args.data or [DEFAULT_DATA]
+    images = _load_images(folders, args.crop, args.seed)
+    if not images:
+        raise ColdpressError(f"no training image of at least {args.crop} px a side in {folders}; pass --data FOLDER")
+    rng = random.Random(args.seed * 1_000_003 + state["step"])
+    return folders, images, rng, PairMaker(images, args.crop, args.codec_model or [None], rng)
+
+
+def train(args: argparse.Namespace) -> dict:
+    from coldpress.errors import ColdpressError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,76 +234,34 @@ def train(args: argparse.Namespace) -> dict:
         state = {"step": 0, "config": cfg.to_dict(), "history": [], "seconds": 0.0}
     cfg = net.cfg
     net.to(device)
-    folders = args.data or [DEFAULT_DATA]
-    images = _load_images(folders, args.crop, args.seed)
-    if not images:
-        raise ColdpressError(f"no training image of at least {args.crop} px a side in {folders}; pass --data FOLDER")
-    rng = random.Random(args.seed * 1_000_003 + state["step"])
-    maker = PairMaker(images, args.crop, args.codec_model or [None], rng)
+    folders, images, rng, maker = training_pairs(args, state)
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     if (run / "optimizer.pt").exists() and not args.reset_optimizer:
         optimizer.load_state_dict(torch.load(run / "optimizer.pt", weights_only=True))
         for group in optimizer.param_groups:
             group["lr"] = args.lr
     scheduler = make_scheduler(cfg)
-    steps = FiniteSteps(state, run, args.lr)
-    start_step, started = state["step"], time.time()
     print(f"train: diffusion decoder, {parameter_count(net) / 1e6:.2f} M parameters, {len(images)} images from "
           f"{folders} on {device}; making a pool of {args.pool} pairs", file=sys.stderr)
+    started = time.time()
     pool = [maker.make() for _ in range(args.pool)]
     print(f"train: pool made in {time.time() - started:.0f} s", file=sys.stderr)
-    log_path = run / "log.csv"
-    run.mkdir(parents=True, exist_ok=True)
-    new_log = not log_path.exists()
-    last_ckpt = time.time()
+
+    def step_losses() -> dict[str, torch.Tensor]:
+        x0, c, bpp = next_batch(pool, maker, rng, args.batch, args.refresh)
+        return losses(net, scheduler, cfg, x0.to(device), c.to(device), bpp.to(device), args.fixed_steps,
+                      seed=rng.randrange(1 << 62))
+
+    def chain_psnr(row: dict) -> None:
+        if "chain_mse" in row:
+            row["chain_psnr"] = 10 * math.log10(4.0 / max(row["chain_mse"], 1e-12))
+
     fields = ("step", "seconds", "loss", "diffusion", "chain_mse", "chain_ms_ssim", "chain_freq", "coarse_freq",
               "chain_psnr", "lr")
-    with open(log_path, "a", newline="") as f:
-        log = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new_log:
-            log.writeheader()
-        sums: dict[str, float] = {}
-        count = 0
-        while state["step"] - start_step < args.steps:
-            if args.max_minutes and time.time() - started > args.max_minutes * 60:
-                break
-            x0, c, bpp = next_batch(pool, maker, rng, args.batch, args.refresh)
-            out = losses(net, scheduler, cfg, x0.to(device), c.to(device), bpp.to(device), args.fixed_steps,
-                         seed=rng.randrange(1 << 62))
-            applied = steps.apply(out["loss"], list(net.parameters()), optimizer)
-            state["step"] += 1
-            if steps.diverged:
-                raise steps.error()
-            if not applied:
-                continue
-            count += 1
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if state["step"] % args.log_every == 0:
-                row = {k: v / count for k, v in sums.items()}
-                if "chain_mse" in row:
-                    row["chain_psnr"] = 10 * math.log10(4.0 / max(row["chain_mse"], 1e-12))
-                row.update(step=state["step"], seconds=round(state["seconds"] + time.time() - started, 1), lr=args.lr)
-                log.writerow(row)
-                f.flush()
-                if not getattr(args, "quiet", False):
-                    print("train: " + " ".join(f"{k} {row[k]:.4g}" for k in fields if k in row and k != "lr"),
-                          file=sys.stderr)
-                sums, count = {}, 0
-            if time.time() - last_ckpt > args.checkpoint_minutes * 60:
-                _save(run, net, optimizer, {**state, "seconds": state["seconds"] + time.time() - started})
-                last_ckpt = time.time()
-    elapsed = time.time() - started
-    state["history"].append({
-        "from_step": start_step, "to_step": state["step"], "minutes": round(elapsed / 60, 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "lr": args.lr, "batch": args.batch, "crop": args.crop, "fixed_steps": args.fixed_steps, "pool": args.pool,
-        "data": folders, "codec_models": args.codec_model or ["default"],
-    })
-    state["seconds"] += elapsed
-    _save(run, net, optimizer, state)
-    print(f"train: stopped at step {state['step']} after {elapsed / 60:.1f} min", file=sys.stderr)
-    return state
+    return run_segment(args, state, run, log_name="log.csv", fields=fields, step_losses=step_losses,
+                       params=list(net.parameters()), optimizer=optimizer,
+                       save=lambda st: _save(run, net, optimizer, st), device=device, folders=folders,
+                       derived=chain_psnr, started=started)
 
 
 # -- evaluation and export -------------------------------------------------------------------------
@@ -337,7 +308,6 @@ def export(args: argparse.Namespace, state: dict, evaluation: dict | None) -> Pa
     path = folder / f"{args.model_id}.safetensors"
     digest = save_decoder(net, path, args.model_id, {"step": str(state["step"]), "history": state["history"]})
     size_mb = path.stat().st_size / 1e6
-    minutes = sum(h["minutes"] for h in state["history"])
     card = [
         f"# Model card: {args.model_id} (diffusion decoder)", "",
         "The diffusion decoder of coldpress (`coldpress restore --decoder diffusion`): relay residual diffusion "
@@ -347,10 +317,7 @@ def export(args: argparse.Namespace, state: dict, evaluation: dict | None) -> Pa
         "",
         f"- weights: `{path.name}`, sha256 `{digest}`, {size_mb:.1f} MB (float16)",
         f"- architecture: `{json.dumps(net.cfg.to_dict())}`; {parameter_count(net) / 1e6:.2f} M parameters",
-        f"- training: {state['step']} steps, {minutes:.1f} minutes in all; " + "; ".join(
-            f"steps {h['from_step']}-{h['to_step']}: {h['minutes']} min on {h['device']}, lr {h['lr']}, batch "
-            f"{h['batch']} of {h['crop']}px crops, fixed-step chain {h['fixed_steps']}, codec {h['codec_models']}"
-            for h in state["history"]),
+        f"- training: {history_summary(state)}",
         "- losses: diffusion (x0 MSE at a random relay timestep) + the fixed-step decode chain's MSE, "
         f"{W_MS_SSIM} x (1 - MS-SSIM; SSIM on crops of 160 px or less) and {W_FREQ} x Laplacian band-energy L1; "
         "no downloaded networks",
@@ -372,7 +339,7 @@ def export(args: argparse.Namespace, state: dict, evaluation: dict | None) -> Pa
 
 def run(args: argparse.Namespace) -> int:
     if args.decoder_backbone:
-        from coldpress.codec.diffusion.backbone import train_backbone
+        from coldpress.jobs.train_backbone import train_backbone
 
         return train_backbone(args)
     run_dir = Path(args.run)

@@ -41,16 +41,11 @@ share their configs), checked at load. The backbone's path is not stored: it is 
 
 from __future__ import annotations
 
-import argparse
-import csv
 import hashlib
 import json
 import math
 import os
-import random
-import sys
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,16 +53,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from coldpress.codec.diffusion.denoiser import pad_to, parameter_count, rate_label
-from coldpress.codec.diffusion.relay import make_scheduler, relay_state, sample
+from coldpress.codec.diffusion.denoiser import pad_to, rate_label
+from coldpress.codec.diffusion.relay import make_scheduler, sample
 from coldpress.errors import ColdpressError
 
 #: Metadata kind of a control-branch file.
 KIND_KEY, KIND = "kind", "coldpress-diffusion-backbone-branch"
-#: Files of a branch training run (distinct from the pixel decoder's, so both can share a --run folder).
-CHECKPOINT, OPTIMIZER, STATE, LOG = "branch.safetensors", "branch_optimizer.pt", "branch_state.json", "branch_log.csv"
 #: The ControlNet's conditioning embedding for an 8x VAE (diffusers' default); fewer stages for smaller factors.
 CONDITIONING_CHANNELS = (16, 32, 96, 256)
 #: The backbone runs on the whole image (its UNet has attention: no tiling); larger images are refused.
@@ -435,194 +427,5 @@ def get_backbone_decoder(branch: str | os.PathLike, backbone: str | os.PathLike,
     return cached
 
 
-# -- training -------------------------------------------------------------------------------------
-def branch_losses(branch: ControlBranch, backbone: Backbone, scheduler, x0: torch.Tensor, c: torch.Tensor,
-                  bpp: torch.Tensor, fixed_steps: int, seed: int) -> dict[str, torch.Tensor]:
-    """The diffusion loss in the backbone's parameterisation at a random relay timestep, and (with
-    ``fixed_steps``) the whole decode chain through the VAE decoder on pixels (MSE, MS-SSIM, frequency)."""
-    from coldpress.jobs.train_diffusion import W_FREQ, W_MS_SSIM, frequency_loss, ms_ssim_loss
-
-    cfg = branch.cfg
-    with torch.no_grad():
-        z0, zc = backbone.encode(x0), backbone.encode(c)
-    g = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn(z0.shape, generator=g).to(z0.device)
-    t = torch.randint(1, cfg.start_timestep + 1, (z0.shape[0],), generator=g).to(z0.device)
-    z_t = relay_state(scheduler, cfg, z0, zc, noise, t)
-    a_t = scheduler.alphas_cumprod.to(z0.device)[t].reshape(-1, 1, 1, 1)
-    pred = branch(backbone.unet, z_t, t, c, bpp)
-    out = {"diffusion": F.mse_loss(pred, target_of(z0, z_t, a_t, cfg.prediction_type))}
-    if fixed_steps:
-        z_hat = sample(branch.denoiser(backbone, c, bpp), cfg, zc, fixed_steps, 1.0, g)
-        x_hat = backbone.decode(z_hat)
-        out["chain_mse"] = F.mse_loss(x_hat, x0)
-        out["chain_ms_ssim"] = ms_ssim_loss(x_hat, x0)
-        out["chain_freq"] = frequency_loss(x_hat, x0)
-        out["loss"] = out["diffusion"] + out["chain_mse"] + W_MS_SSIM * out["chain_ms_ssim"] + W_FREQ * out["chain_freq"]
-    else:
-        out["loss"] = out["diffusion"]
-    return out
-
-
-def _save_run(run: Path, branch: ControlBranch, backbone: Backbone, optimizer, state: dict) -> None:
-    save_branch(branch, backbone, run / CHECKPOINT, "run", {"step": str(state["step"])}, half=False)
-    torch.save(optimizer.state_dict(), run / f".{OPTIMIZER}.tmp")
-    os.replace(run / f".{OPTIMIZER}.tmp", run / OPTIMIZER)
-    (run / f".{STATE}.tmp").write_text(json.dumps(state, indent=1))
-    os.replace(run / f".{STATE}.tmp", run / STATE)
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if getattr(args, "eval", None):
-        raise ColdpressError("--eval is not supported with --decoder-backbone; evaluate the exported branch with "
-                             "coldpress bench rd")
-    if getattr(args, "register", False):
-        raise ColdpressError("a backbone branch is not registered in MODELS.json (it needs its backbone folder at "
-                             "restore); drop --register and pass the exported file at restore")
-
-
-def train_branch(args: argparse.Namespace) -> dict:
-    """Train (or resume) the control branch in ``args.run`` with the backbone and the codec frozen."""
-    from coldpress.jobs.train import DEFAULT_DATA
-    from coldpress.jobs.train_diffusion import PairMaker, _load_images, next_batch
-
-    _check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    backbone = load_backbone(args.decoder_backbone, device)
-    if args.crop % backbone.align:
-        raise ColdpressError(f"--crop {args.crop} is not a multiple of {backbone.align} (the backbone's VAE factor x its "
-                             f"UNet's downsamplings); pass e.g. --crop {max(1, round(args.crop / backbone.align)) * backbone.align}")
-    run = Path(args.run)
-    if (run / CHECKPOINT).exists():
-        branch, _, _ = load_branch(run / CHECKPOINT, backbone)
-        state = json.loads((run / STATE).read_text())
-        print(f"train: resuming the backbone branch in {run} at step {state['step']}", file=sys.stderr)
-    else:
-        if (run / "checkpoint.safetensors").exists():
-            raise ColdpressError(f"{run} holds a codec training run; give the backbone branch its own --run folder")
-        torch.manual_seed(args.seed)
-        branch = ControlBranch.fresh(backbone, default_steps=args.fixed_steps or 2)
-        state = {"step": 0, "config": branch.cfg.to_dict(), "backbone_fingerprint": backbone.fingerprint,
-                 "history": [], "seconds": 0.0}
-    branch.train().to(device)
-    folders = args.data or [DEFAULT_DATA]
-    images = _load_images(folders, args.crop, args.seed)
-    if not images:
-        raise ColdpressError(f"no training image of at least {args.crop} px a side in {folders}; pass --data FOLDER")
-    rng = random.Random(args.seed * 1_000_003 + state["step"])
-    maker = PairMaker(images, args.crop, args.codec_model or [None], rng)
-    params = [p for p in branch.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    if (run / OPTIMIZER).exists() and not args.reset_optimizer:
-        optimizer.load_state_dict(torch.load(run / OPTIMIZER, weights_only=True))
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr
-    scheduler = make_scheduler(branch.cfg)
-    start_step, started = state["step"], time.time()
-    print(f"train: backbone control branch, {parameter_count(branch) / 1e6:.2f} M trainable parameters on a frozen "
-          f"{parameter_count(backbone.unet) / 1e6:.2f} M UNet, {len(images)} images on {device}; pool of {args.pool} "
-          "pairs", file=sys.stderr)
-    pool = [maker.make() for _ in range(args.pool)]
-    run.mkdir(parents=True, exist_ok=True)
-    log_path = run / LOG
-    new_log = not log_path.exists()
-    fields = ("step", "seconds", "loss", "diffusion", "chain_mse", "chain_ms_ssim", "chain_freq", "lr")
-    last_ckpt = time.time()
-    with open(log_path, "a", newline="") as f:
-        log = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new_log:
-            log.writeheader()
-        sums: dict[str, float] = {}
-        count = 0
-        while state["step"] - start_step < args.steps:
-            if args.max_minutes and time.time() - started > args.max_minutes * 60:
-                break
-            x0, c, bpp = next_batch(pool, maker, rng, args.batch, args.refresh)
-            out = branch_losses(branch, backbone, scheduler, x0.to(device), c.to(device), bpp.to(device),
-                                args.fixed_steps, seed=rng.randrange(1 << 62))
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            state["step"] += 1
-            count += 1
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if state["step"] % args.log_every == 0:
-                row = {k: v / count for k, v in sums.items()}
-                row.update(step=state["step"], seconds=round(state["seconds"] + time.time() - started, 1), lr=args.lr)
-                log.writerow(row)
-                f.flush()
-                if not getattr(args, "quiet", False):
-                    print("train: " + " ".join(f"{k} {row[k]:.4g}" for k in fields if k in row and k != "lr"),
-                          file=sys.stderr)
-                sums, count = {}, 0
-            if time.time() - last_ckpt > args.checkpoint_minutes * 60:
-                _save_run(run, branch, backbone, optimizer, {**state, "seconds": state["seconds"] + time.time() - started})
-                last_ckpt = time.time()
-    elapsed = time.time() - started
-    state["history"].append({
-        "from_step": start_step, "to_step": state["step"], "minutes": round(elapsed / 60, 1),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "lr": args.lr, "batch": args.batch, "crop": args.crop, "fixed_steps": args.fixed_steps, "pool": args.pool,
-        "data": folders, "codec_models": args.codec_model or ["default"],
-    })
-    state["seconds"] += elapsed
-    _save_run(run, branch, backbone, optimizer, state)
-    print(f"train: stopped at step {state['step']} after {elapsed / 60:.1f} min", file=sys.stderr)
-    return state
-
-
-def export_branch(args: argparse.Namespace, state: dict) -> Path:
-    """Float16 branch weights and a model card as ``args.model_id`` in ``args.export_to`` (default: the run)."""
-    run = Path(args.run)
-    backbone = load_backbone(args.decoder_backbone, "cpu")
-    branch, _, _ = load_branch(run / CHECKPOINT, backbone)
-    folder = Path(args.export_to) if args.export_to else run
-    path = folder / f"{args.model_id}.safetensors"
-    digest = save_branch(branch, backbone, path, args.model_id, {"step": str(state["step"]), "history": state["history"]})
-    size_mb = path.stat().st_size / 1e6
-    minutes = sum(h["minutes"] for h in state["history"])
-    card = [
-        f"# Model card: {args.model_id} (diffusion decoder, Stable Diffusion backbone branch)", "",
-        "A ControlNet branch (diffusers ControlNetModel.from_unet, with a rate embedding and a learned null text "
-        "embedding) on a frozen Stable Diffusion UNet and VAE: relay residual diffusion (RDEIC) in the VAE latent "
-        "from the coarse reconstruction plus noise, conditioned on the coarse image and the bitstream's bits per "
-        "pixel. Restore needs the backbone folder it was trained on (not stored here; checked by fingerprint).",
-        "",
-        f"- weights: `{path.name}`, sha256 `{digest}`, {size_mb:.1f} MB (float16)",
-        f"- backbone fingerprint: `{backbone.fingerprint}` (configs), weights probe `{backbone.weights_probe[:16]}`",
-        f"- branch: {parameter_count(branch) / 1e6:.2f} M parameters; relay start {branch.cfg.start_timestep} of "
-        f"{branch.cfg.num_train_timesteps}, prediction {branch.cfg.prediction_type}, default steps {branch.cfg.default_steps}",
-        f"- training: {state['step']} steps, {minutes:.1f} minutes in all; " + "; ".join(
-            f"steps {h['from_step']}-{h['to_step']}: {h['minutes']} min on {h['device']}, lr {h['lr']}, batch "
-            f"{h['batch']} of {h['crop']}px crops, fixed-step chain {h['fixed_steps']}, codec {h['codec_models']}"
-            for h in state["history"]),
-        "- losses: diffusion (the backbone's parameterisation of the folded noise) + the fixed-step chain's pixel MSE, "
-        "MS-SSIM and Laplacian band-energy L1 through the frozen VAE decoder; no downloaded networks",
-        "- reproduce: `coldpress train --stage diffusion --decoder-backbone PATH --run RUN ...` (history in the "
-        f"run's {STATE})",
-    ]
-    path.with_suffix(".md").write_text("\n".join(card) + "\n")
-    print(f"train: exported {path} ({size_mb:.1f} MB, sha256 {digest[:16]}); not registered in MODELS.json",
-          file=sys.stderr)
-    return path
-
-
-def train_backbone(args: argparse.Namespace) -> int:
-    """``coldpress train --stage diffusion --decoder-backbone PATH``: train, then export with --model-id."""
-    _check_args(args)
-    run = Path(args.run)
-    if args.steps > 0 or not (run / CHECKPOINT).exists():
-        state = train_branch(args)
-    else:
-        state = json.loads((run / STATE).read_text())
-    if args.model_id:
-        export_branch(args, state)
-    return 0
-
-
-__all__ = ["Backbone", "BackboneDecoder", "BranchConfig", "ControlBranch", "export_branch", "get_backbone_decoder",
-           "is_branch_file", "load_backbone", "load_branch", "save_branch", "target_of", "to_x0", "train_backbone", "train_branch"]
+__all__ = ["Backbone", "BackboneDecoder", "BranchConfig", "ControlBranch", "get_backbone_decoder", "is_branch_file",
+           "load_backbone", "load_branch", "save_branch", "target_of", "to_x0"]
