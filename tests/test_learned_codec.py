@@ -253,6 +253,36 @@ def test_new_exports_decode_like_an_untiled_decode(monkeypatch):
     assert not np.array_equal(decoded["short halo"], decoded["untiled"])  # a 64 px halo, as v1/v2's, is not enough
 
 
+def test_a_window_decodes_to_exactly_the_whole_decodes_pixels_from_fewer_latents(codec):
+    """``decode_window`` synthesises only the latents within the recorded halo of the window: the same
+    pixels as the whole decode, at the image's borders and corners, inside it, and for a window of it all."""
+    img = natural_image(448, 600, "RGB", seed=11)
+    data = codec.encode(img, 0.1).bitstream
+    assert container.unpack(data).params["s"] == 8  # coded at full scale: the window path, not decode-and-crop
+    codec.forget_decodes()
+    full = codec.decode(data)
+    synthesised = []
+    pixels = codec._pixels
+
+    def counting(synthesis, y_hat, *rest):
+        synthesised.append(y_hat.shape[-2] * y_hat.shape[-1])
+        return pixels(synthesis, y_hat, *rest)
+
+    codec._pixels = counting
+    try:
+        for window in ((0, 0, 40, 30), (260, 200, 64, 48), (600 - 37, 448 - 19, 37, 19), (1, 430, 598, 18),
+                       (0, 0, 600, 448), (333, 17, 1, 1)):
+            c, r, w, h = window
+            part = codec.decode_window(data, window)
+            assert part.shape == (h, w, 3) and np.array_equal(part, full[r:r + h, c:c + w]), window
+    finally:
+        del codec._pixels
+    latents = (448 // 16) * (640 // 16)  # the latent of the image padded to the total stride, 64
+    assert synthesised[-1] < latents / 4 and max(synthesised) == latents  # the window of it all: the whole latent
+    with pytest.raises(ValueError, match="not inside"):
+        codec.decode_window(data, (590, 0, 20, 10))
+
+
 def test_a_float32_decode_is_within_one_level_of_its_float64_reference():
     """The reproducibility contract between kinds of device, measured where it can be on one machine: the
     float32 decode of a v3 bitstream against the float64 synthesis of the same latent (the reference,

@@ -207,6 +207,38 @@ def test_tiled_raster_decodes_regions_from_the_overlapping_tiles_only():
     assert np.array_equal(part, full[120:180, 100:150])
 
 
+def test_a_learned_region_decodes_only_the_parts_of_its_tiles_it_needs_and_equals_the_full_decode(monkeypatch, tmp_path):
+    from coldpress.codec.learned import LearnedCodec
+    from coldpress.codec.models import default_model_available
+
+    if not default_model_available():
+        pytest.skip("no learned model is bundled (coldpress/codec/weights/MODELS.json)")
+    data = np.round(smooth_bands(3, 520, 500, 0, 255, seed=8)).astype(np.uint8)
+    tif = geotiff_bytes(data, nodata=None)
+    enc = raster.encode_raster(tif, "r.tif", get_codec("learned"), 0.3, tile_size=256)
+    pkg = raster.unpack_package(enc.package)
+    assert len(pkg.header["tiles"]) == 4 and pkg.header["overlap"] == raster.TILE_OVERLAP
+    full = raster.decode_package(enc.package)
+    asked: list[tuple[int, int, int, int]] = []
+    window_decode = LearnedCodec._decode_rgb_window
+
+    def recorded(self, payload, params, width, height, window):
+        asked.append(window)
+        return window_decode(self, payload, params, width, height, window)
+
+    monkeypatch.setattr(LearnedCodec, "_decode_rgb_window", recorded)
+    window = (230, 240, 60, 50)  # across the corner the four tiles share
+    part = raster.decode_package(enc.package, window)
+    assert np.array_equal(part, full[240:290, 230:290])
+    assert len(asked) == 4 and all(w * h <= 60 * 50 for _, _, w, h in asked)  # each tile: its share of the window
+    with MemoryFile(tif) as mem, mem.open() as src:
+        meta = raster.raster_metadata(src)
+    out = tmp_path / "region.tif"
+    raster.write_raster(pkg, meta, str(out), window=window)
+    with rasterio.open(out) as ds:
+        assert np.array_equal(ds.read().transpose(1, 2, 0), part)
+
+
 def test_region_restore_is_georeferenced(tmp_path):
     data = np.round(smooth_bands(3, 300, 261, 0, 255, seed=7)).astype(np.uint8)
     tif = geotiff_bytes(data, nodata=None)

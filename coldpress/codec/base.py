@@ -120,6 +120,13 @@ class Codec(abc.ABC):
     def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
         """Decode a payload made by ``_encode_rgb`` into an (H, W, 3) uint8 image."""
 
+    def _decode_rgb_window(self, payload: bytes, params: dict[str, Any], width: int, height: int,
+                           window: tuple[int, int, int, int]) -> np.ndarray:
+        """The (h, w, 3) pixels of ``window`` (col, row, w, h) of ``_decode_rgb``'s image; codecs that can
+        compute a part of the image alone (the learned codec) override this to decode less."""
+        col, row, w, h = window
+        return self._decode_rgb(payload, params, width, height)[row:row + h, col:col + w]
+
     # -- the public contract -------------------------------------------------------------------
     def encode(self, image: np.ndarray, bpp: float) -> EncodeResult:
         """Encode one image at or below ``bpp`` bits per pixel (container bytes included)."""
@@ -167,22 +174,43 @@ class Codec(abc.ABC):
         b = container.unpack(data)
         self.check_compatible(b)
         rgb = self._decode_rgb(b.payload, b.params, b.width, b.height)
-        if rgb.shape != (b.height, b.width, 3) or rgb.dtype != np.uint8:
-            raise BitstreamError(
-                f"{self.name} decoded a {rgb.shape} {rgb.dtype} array where the header says "
-                f"{b.height}x{b.width}x3 uint8; the bitstream is corrupted, restore it from a replica"
-            )
+        self._check_decoded(rgb, b.width, b.height)
         if refine is not None:
             rgb = refine(rgb)
-        alpha = None
-        if b.alpha:
-            try:
-                alpha = np.asarray(Image.open(io.BytesIO(b.alpha)).convert("L"))
-            except Exception as exc:  # noqa: BLE001 - any PIL failure means a broken alpha section
-                raise BitstreamError(f"the alpha plane of this bitstream does not decode ({exc})") from None
-            if alpha.shape != (b.height, b.width):
-                raise BitstreamError("the alpha plane's size does not match the image; the bitstream is corrupted")
-        return join_alpha(rgb, b.mode, alpha)
+        return join_alpha(rgb, b.mode, self._alpha(b))
+
+    def decode_window(self, data: bytes, window: tuple[int, int, int, int]) -> np.ndarray:
+        """The pixels of ``window`` (col, row, width, height) of ``decode(data)``, exactly, computing only
+        what the window needs where the codec can (region restores of tiled rasters)."""
+        b = container.unpack(data)
+        self.check_compatible(b)
+        col, row, w, h = (int(v) for v in window)
+        if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > b.width or row + h > b.height:
+            raise ValueError(f"window {tuple(window)} is not inside this {b.width}x{b.height} image; pass "
+                             "(col, row, width, height) with a positive size within it")
+        rgb = self._decode_rgb_window(b.payload, b.params, b.width, b.height, (col, row, w, h))
+        self._check_decoded(rgb, w, h, "the window asks for")
+        alpha = self._alpha(b)
+        return join_alpha(rgb, b.mode, None if alpha is None else alpha[row:row + h, col:col + w])
+
+    def _check_decoded(self, rgb: np.ndarray, width: int, height: int, expected: str = "the header says") -> None:
+        if rgb.shape != (height, width, 3) or rgb.dtype != np.uint8:
+            raise BitstreamError(
+                f"{self.name} decoded a {rgb.shape} {rgb.dtype} array where {expected} "
+                f"{height}x{width}x3 uint8; the bitstream is corrupted, restore it from a replica"
+            )
+
+    @staticmethod
+    def _alpha(b: Bitstream) -> np.ndarray | None:
+        if not b.alpha:
+            return None
+        try:
+            alpha = np.asarray(Image.open(io.BytesIO(b.alpha)).convert("L"))
+        except Exception as exc:  # noqa: BLE001 - any PIL failure means a broken alpha section
+            raise BitstreamError(f"the alpha plane of this bitstream does not decode ({exc})") from None
+        if alpha.shape != (b.height, b.width):
+            raise BitstreamError("the alpha plane's size does not match the image; the bitstream is corrupted")
+        return alpha
 
     # -- helpers -------------------------------------------------------------------------------
     def check_compatible(self, b: Bitstream) -> None:

@@ -440,26 +440,62 @@ class LearnedCodec(Codec):
         with self._memo_lock:
             self._memo.clear()
 
-    def _synthesize(self, payload: bytes, params: dict[str, Any], width: int, height: int,
-                    preview: bool) -> np.ndarray:
-        self.syntheses += 1
-        net = self.net
+    def _rate_params(self, params: dict[str, Any]) -> tuple[int, int]:
+        """(knob in 1/16ths, scale in eighths) of a payload's rate parameters, checked."""
         try:
             q16, eighths = int(params["q"]), int(params["s"])
         except (KeyError, TypeError, ValueError):
             raise BitstreamError(f"learned bitstream has invalid rate parameters {params}; it is corrupted") from None
-        if eighths not in SCALES_EIGHTHS or not 0 <= q16 <= (net.cfg.rate_points - 1) * Q_STEPS:
+        if eighths not in SCALES_EIGHTHS or not 0 <= q16 <= self._q_max:
             raise BitstreamError(f"learned bitstream has out-of-range rate parameters {params}; it is corrupted")
-        sw, sh = _scaled_size(width, height, eighths)
-        stride = net.cfg.total_stride
+        return q16, eighths
+
+    def _latent_of(self, payload: bytes, q16: int, sw: int, sh: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y_hat, inverse gain) of a payload coded at knob ``q16`` on a ``sw`` x ``sh`` image."""
+        stride = self.net.cfg.total_stride
         ph, pw = math.ceil(sh / stride) * stride, math.ceil(sw / stride) * stride
         y_hat = self._decode_latent(payload, (ph // stride, pw // stride))
-        _, inv_gain = net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
+        _, inv_gain = self.net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
+        return y_hat, inv_gain
+
+    def _synthesis_for(self, preview: bool):
+        """(dtype, synthesis network, memory layout) of a decode (``preview``: rate control's)."""
         if self._float32_decode():
-            dtype, synthesis, layout = torch.float32, self.loaded.synthesis32, torch.channels_last
-        else:
-            dtype, synthesis = (torch.float32, net.g_s) if preview else (torch.float64, self.loaded.synthesis64)
-            layout = torch.contiguous_format
+            return torch.float32, self.loaded.synthesis32, torch.channels_last
+        if preview:
+            return torch.float32, self.net.g_s, torch.contiguous_format
+        return torch.float64, self.loaded.synthesis64, torch.contiguous_format
+
+    @torch.no_grad()
+    def _decode_rgb_window(self, payload: bytes, params: dict[str, Any], width: int, height: int,
+                           window: tuple[int, int, int, int]) -> np.ndarray:
+        """Only the latents whose synthesis reaches the window, with the recorded tiling's halo (which
+        covers the receptive field) on every side, are synthesised: the same pixels as the whole decode
+        (tests/test_learned_codec.py). Payloads coded downscaled (their Lanczos upscaling is of the whole
+        image) and models whose tiling changes pixels (v1, v2) decode whole, then crop."""
+        q16, eighths = self._rate_params(params)
+        tiling = self.loaded.decode_tiling
+        if eighths != 8 or tiling == LEGACY_DECODE_TILING:
+            return super()._decode_rgb_window(payload, params, width, height, window)
+        self.syntheses += 1
+        col, row, w, h = window
+        y_hat, inv_gain = self._latent_of(payload, q16, width, height)
+        s, r = self.net.cfg.latent_stride, tiling.halo
+        ly0, lx0 = max(0, (row - r) // s), max(0, (col - r) // s)
+        ly1 = min(y_hat.shape[-2], (row + h - 1 + r) // s + 1)
+        lx1 = min(y_hat.shape[-1], (col + w - 1 + r) // s + 1)
+        dtype, synthesis, layout = self._synthesis_for(preview=False)
+        part = self._pixels(synthesis, y_hat[..., ly0:ly1, lx0:lx1], inv_gain, dtype, layout,
+                            (lx1 - lx0) * s, (ly1 - ly0) * s)
+        return np.ascontiguousarray(part[row - ly0 * s:row - ly0 * s + h, col - lx0 * s:col - lx0 * s + w])
+
+    def _synthesize(self, payload: bytes, params: dict[str, Any], width: int, height: int,
+                    preview: bool) -> np.ndarray:
+        self.syntheses += 1
+        q16, eighths = self._rate_params(params)
+        sw, sh = _scaled_size(width, height, eighths)
+        y_hat, inv_gain = self._latent_of(payload, q16, sw, sh)
+        dtype, synthesis, layout = self._synthesis_for(preview)
         x_hat = self._pixels(synthesis, y_hat, inv_gain, dtype, layout, sw, sh)
         check = precision_check.active()
         if check is not None and not preview and self._float32_decode():

@@ -98,14 +98,20 @@ def codec_for_bitstream(data: bytes, **options: Any) -> Codec:
     return codec
 
 
-def decode_bitstream(data: bytes, decoder: Any = None, **options: Any) -> np.ndarray:
+def decode_bitstream(data: bytes, decoder: Any = None, window: tuple[int, int, int, int] | None = None,
+                     **options: Any) -> np.ndarray:
     """Decode container bytes with whichever registered codec made them.
 
     ``decoder``: a ``coldpress.codec.diffusion.DecoderChoice`` (or a mapping of its fields, or
-    "diffusion"); None or "coarse" is the codec's own decoder."""
+    "diffusion"); None or "coarse" is the codec's own decoder. ``window`` (col, row, width, height):
+    only that part of the image, exactly as in the whole decode (the codec's own decoder computes only
+    what the window needs, ``Codec.decode_window``; the diffusion decoder refines the whole image)."""
     codec = codec_for_bitstream(data, **options)
     if decoder is None or decoder == "coarse":
-        return codec.decode(data)
+        return codec.decode(data) if window is None else codec.decode_window(data, window)
+    if window is not None:
+        col, row, w, h = window
+        return decode_bitstream(data, decoder, **options)[row:row + h, col:col + w]
     from coldpress.codec.diffusion import DecoderChoice, refiner
 
     choice = DecoderChoice.of(decoder)

@@ -135,6 +135,11 @@ def _ramp(start: int, core0: int, core1: int, end: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+#: A region restore decodes the part of a tile it needs alone when that part is less than this fraction of
+#: the tile's coded window (``TileDecoder.partial``); larger parts decode the whole window.
+PARTIAL_DECODE_FRACTION = 0.5
+
+
 class TileDecoder:
     """Decodes the tiles of a raster package (or of one being written) and composes regions from them.
 
@@ -146,38 +151,48 @@ class TileDecoder:
     """
 
     def __init__(self, header: dict[str, Any], parts_of: Callable[[int], list[bytes]],
-                 masks_of: Callable[[int], tuple[np.ndarray | None, dict[int, np.ndarray]]]):
+                 masks_of: Callable[[int], tuple[np.ndarray | None, dict[int, np.ndarray]]], partial: bool = False):
         self.header = header
         self._parts_of, self._masks_of = parts_of, masks_of
         self._decoded: dict[int, np.ndarray | None] = {}
         self._windows = [coded_window(header, i) for i in range(len(header["tiles"]))]
+        self.partial = partial
 
     @classmethod
-    def of(cls, pkg: Package) -> "TileDecoder":
+    def of(cls, pkg: Package, partial: bool = False) -> "TileDecoder":
+        """``partial``: a region needing less than ``PARTIAL_DECODE_FRACTION`` of a tile's coded window
+        decodes only that part of it (``Codec.decode_window``: the same pixels), uncached; for region
+        restores, where each tile is asked for once."""
         return cls(pkg.header, lambda i: [pkg.data[o:o + n] for o, n in pkg.spans[i]["parts"]],
-                   lambda i: _tile_masks(pkg, i))
+                   lambda i: _tile_masks(pkg, i), partial)
 
-    def _coded(self, ti: int) -> np.ndarray | None:
-        """Tile ``ti``'s coded window in the 8-bit domain, (h, w, bands) uint8; None when it was not coded."""
+    def _coded(self, ti: int, part: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+        """Tile ``ti``'s coded window (or ``part`` of it: col, row, w, h within the window) in the 8-bit
+        domain, (h, w, bands) uint8; None when it was not coded. Whole windows are kept until released."""
         if ti in self._decoded:
-            return self._decoded[ti]
+            out = self._decoded[ti]
+            if out is None or part is None:
+                return out
+            col, row, w, h = part
+            return out[row:row + h, col:col + w]
         from coldpress.codec.registry import decode_bitstream
 
         hd = self.header
-        _, _, w, h = self._windows[ti]
+        _, _, w, h = part or self._windows[ti]
         parts = self._parts_of(ti)
         out = None
         if any(len(p) for p in parts):
             out = np.empty((h, w, hd["bands"]), np.uint8)
-            for group, part in zip(hd["groups"], parts):
-                pixels = decode_bitstream(part)
+            for group, blob in zip(hd["groups"], parts):
+                pixels = decode_bitstream(blob, window=part)
                 if pixels.shape[:2] != (h, w):
                     raise BitstreamError(f"a tile of this raster package decodes to {pixels.shape[:2]}, not {(h, w)}; "
                                          "it is corrupt: restore the archive from a replica")
                 v8 = pixels[:, :, None] if pixels.ndim == 2 else pixels
                 for j, b in enumerate(group):
                     out[:, :, b] = v8[:, :, j]
-        self._decoded[ti] = out
+        if part is None:
+            self._decoded[ti] = out
         return out
 
     def release_above(self, y: int) -> None:
@@ -196,14 +211,18 @@ class TileDecoder:
             x0, y0, x1, y1 = max(col, cx), max(row, cy), min(col + w, cx + cw), min(row + h, cy + ch)
             if x1 <= x0 or y1 <= y0:
                 continue
-            v8 = self._coded(i)
+            part = (x0 - cx, y0 - cy, x1 - x0, y1 - y0)
+            whole = not self.partial or (x1 - x0) * (y1 - y0) >= PARTIAL_DECODE_FRACTION * cw * ch
+            v8 = self._coded(i, None if whole else part)
             if v8 is None:  # a tile with no valid pixel: its neighbours alone fill the overlap
                 continue
+            if whole:
+                v8 = v8[y0 - cy:y1 - cy, x0 - cx:x1 - cx]
             t = hd["tiles"][i]
             wt = (_ramp(cy, t["y"], t["y"] + t["h"], cy + ch)[y0 - cy:y1 - cy, None]
                   * _ramp(cx, t["x"], t["x"] + t["w"], cx + cw)[None, x0 - cx:x1 - cx])
             dst = (slice(y0 - row, y1 - row), slice(x0 - col, x1 - col))
-            acc[dst] += v8[y0 - cy:y1 - cy, x0 - cx:x1 - cx] * wt[:, :, None]
+            acc[dst] += v8 * wt[:, :, None]
             wsum[dst] += wt
         np.divide(acc, wsum[:, :, None], out=acc, where=wsum[:, :, None] > 0)
         out = np.empty((h, w, nb), dtype)
@@ -277,7 +296,7 @@ def decode_region(pkg: Package, window: tuple[int, int, int, int] | None = None
     raster; refused (BitstreamError) when its array would pass ``limits.max_decode_bytes()``."""
     check_decode(pkg.header, window)
     H, W, _ = pkg.shape
-    return TileDecoder.of(pkg).region(window or (0, 0, W, H))
+    return TileDecoder.of(pkg, partial=window is not None).region(window or (0, 0, W, H))
 
 
 def recon_sha256(pkg: Package) -> str:

@@ -12,12 +12,17 @@ from coldpress.transforms.raster.detect import GDAL_CACHE_MB, _rio
 from coldpress.transforms.raster.metadata import _SKIPPED_DOMAINS, _from_json_number
 from coldpress.transforms.raster.package import Package, TileDecoder, tiles_in_window
 
+#: Window restores of at most this many samples (pixels x bands: 64 MB of float32 while composing) are
+#: decoded as one region.
+WHOLE_REGION_SAMPLES = 16 * 2**20
+
 
 def write_raster(pkg: Package, meta: dict[str, Any], path: str, *, driver: str = "COG",
                  window: tuple[int, int, int, int] | None = None) -> None:
     """Write the package's raster (or a window of it) to the local file ``path`` as a COG (driver "COG")
     or a plain tiled GeoTIFF ("GTiff"), with the source's CRS, transform, nodata, descriptions and tags.
-    Tiles are decoded and written one at a time."""
+    Tiles are decoded and written one at a time; a small window at once, from only the parts of its tiles
+    it needs."""
     rasterio = _rio()
     import rasterio.shutil
     from affine import Affine
@@ -49,12 +54,18 @@ def write_raster(pkg: Package, meta: dict[str, Any], path: str, *, driver: str =
     try:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True, GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=GDAL_CACHE_MB):
             with rasterio.open(tmp, "w", **profile) as dst:
-                decoder = TileDecoder.of(pkg)
-                for i in tiles_in_window(pkg, (col, row, w, h)):  # row by row: decoded tiles kept for two rows
-                    t = pkg.header["tiles"][i]
-                    decoder.release_above(t["y"])
-                    x0, y0 = max(col, t["x"]), max(row, t["y"])
-                    x1, y1 = min(col + w, t["x"] + t["w"]), min(row + h, t["y"] + t["h"])
+                # A small window is composed at once, each tile decoding only the part of it the window needs
+                # (TileDecoder.partial); anything larger tile by tile, row by row, decoded tiles kept for two rows.
+                small = window is not None and w * h * nb <= WHOLE_REGION_SAMPLES
+                decoder = TileDecoder.of(pkg, partial=small)
+                for i in [None] if small else tiles_in_window(pkg, (col, row, w, h)):
+                    if i is None:
+                        x0, y0, x1, y1 = col, row, col + w, row + h
+                    else:
+                        t = pkg.header["tiles"][i]
+                        decoder.release_above(t["y"])
+                        x0, y0 = max(col, t["x"]), max(row, t["y"])
+                        x1, y1 = min(col + w, t["x"] + t["w"]), min(row + h, t["y"] + t["h"])
                     part, m = decoder.region((x0, y0, x1 - x0, y1 - y0))
                     win = Window(x0 - col, y0 - row, x1 - x0, y1 - y0)
                     dst.write(np.ascontiguousarray(part.transpose(2, 0, 1)), window=win)
