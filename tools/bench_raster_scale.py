@@ -6,7 +6,7 @@
 2. encodes it in a child process with the local engine (``encode_local``) and reports that
    process's peak RSS; ``--read whole`` holds the file's bytes whole as before ``sources.read_source``
    (``--read both``: one after the other, for the memory before and after);
-3. restores it whole (COG) and a ``--region`` px square region (default 1024; ``--window``, not
+3. (alone with ``--restore-only``, on the archive of an earlier run in ``--out``) restores it whole (COG) and a ``--region`` px square region (default 1024; ``--window``, not
    aligned to the tiles: it straddles the scene's central tile corner) and reports both times (the
    median of ``--repeats`` restores) and how many of the scene's tiles the region decoded;
    ``--tile`` and ``--overlap`` code the scene in other tiles than the package's (1024 px, 8 px
@@ -161,6 +161,8 @@ def main() -> None:
                    help="how the encode reads the scene: GDAL window by window (coldpress's way for a source of "
                    "sources.LARGE_SOURCE_BYTES or more), the file's bytes whole (as before), or both, one after the other")
     p.add_argument("--encode-only", action="store_true", help="steps 1-2 only")
+    p.add_argument("--restore-only", action="store_true",
+                   help="step 3 only, on the scene and archive an earlier run left in --out")
     p.add_argument("--tile", type=int, default=0, help="tile side in px (default: the package's, 1024)")
     p.add_argument("--overlap", type=int, default=-1, help="tile overlap in px (default: the package's, 8)")
     p.add_argument("--region", type=int, default=1024, help="side of the restored region in px")
@@ -184,8 +186,9 @@ def main() -> None:
         write_scene(path, args.size, args.bands)
     result["write_scene_s"] = time.monotonic() - t
     result["source_bytes"] = os.path.getsize(path)
-    subprocess.run(["rm", "-rf", archive, os.path.join(args.out, "full"), os.path.join(args.out, "region")], check=True)
-    for read in (("whole", "window") if args.read == "both" else (args.read,)):
+    if not args.restore_only:
+        subprocess.run(["rm", "-rf", archive, os.path.join(args.out, "full"), os.path.join(args.out, "region")], check=True)
+    for read in () if args.restore_only else (("whole", "window") if args.read == "both" else (args.read,)):
         subprocess.run(["rm", "-rf", archive], check=True)
         out = subprocess.run([sys.executable, __file__, "--child", path, archive, args.codec, str(args.bpp), read,
                               str(args.tile), str(args.overlap)],
