@@ -193,6 +193,8 @@ def test_linked_files_are_archived_and_links_to_nothing_or_to_folders_rejected_w
     (src / "linked.png").symlink_to(elsewhere / "real.png")
     (src / "dangling.png").symlink_to(elsewhere / "gone.png")
     (src / "folder").symlink_to(elsewhere)
+    os.mkfifo(elsewhere / "pipe")
+    (src / "pipe.png").symlink_to(elsewhere / "pipe")  # reading it would block: skipped, as a FIFO itself is
     rc, _, err = encode(capsys, src, tmp_path / "archive")
     assert rc == 0, err
     archive = open_archive(tmp_path / "archive")

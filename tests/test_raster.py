@@ -230,7 +230,14 @@ def test_a_learned_region_decodes_only_the_parts_of_its_tiles_it_needs_and_equal
     window = (230, 240, 60, 50)  # across the corner the four tiles share
     part = raster.decode_package(enc.package, window)
     assert np.array_equal(part, full[240:290, 230:290])
-    assert len(asked) == 4 and all(w * h <= 60 * 50 for _, _, w, h in asked)  # each tile: its share of the window
+    # each tile decoded only its part of the window (in its coded window's coordinates), coded at full scale
+    parts = []
+    for i in range(4):
+        cx, cy, cw, ch = raster.coded_window(pkg.header, i)
+        x0, y0, x1, y1 = max(230, cx), max(240, cy), min(290, cx + cw), min(290, cy + ch)
+        parts.append((x0 - cx, y0 - cy, x1 - x0, y1 - y0))
+    assert sorted(asked) == sorted(parts) and all(w * h < 60 * 50 for _, _, w, h in parts)
+    assert all(p["s"] == 8 for tile in enc.codec_params for p in tile)
     with MemoryFile(tif) as mem, mem.open() as src:
         meta = raster.raster_metadata(src)
     out = tmp_path / "region.tif"

@@ -96,6 +96,15 @@ class EncodeResult:
         return 8.0 * len(self.bitstream) / (self.width * self.height)
 
 
+def checked_window(window, width: int, height: int) -> tuple[int, int, int, int]:
+    """``window`` (col, row, width, height) as ints, refused (ValueError) unless inside a ``width`` x ``height`` image."""
+    col, row, w, h = (int(v) for v in window)
+    if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > width or row + h > height:
+        raise ValueError(f"window {tuple(window)} is not inside this {width}x{height} image; pass "
+                         "(col, row, width, height) with a positive size within it")
+    return col, row, w, h
+
+
 class Codec(abc.ABC):
     """A codec: name, model identity, and the encode/decode pair."""
 
@@ -125,7 +134,9 @@ class Codec(abc.ABC):
         """The (h, w, 3) pixels of ``window`` (col, row, w, h) of ``_decode_rgb``'s image; codecs that can
         compute a part of the image alone (the learned codec) override this to decode less."""
         col, row, w, h = window
-        return self._decode_rgb(payload, params, width, height)[row:row + h, col:col + w]
+        rgb = self._decode_rgb(payload, params, width, height)
+        self._check_decoded(rgb, width, height)
+        return rgb[row:row + h, col:col + w]
 
     # -- the public contract -------------------------------------------------------------------
     def encode(self, image: np.ndarray, bpp: float) -> EncodeResult:
@@ -184,10 +195,7 @@ class Codec(abc.ABC):
         what the window needs where the codec can (region restores of tiled rasters)."""
         b = container.unpack(data)
         self.check_compatible(b)
-        col, row, w, h = (int(v) for v in window)
-        if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > b.width or row + h > b.height:
-            raise ValueError(f"window {tuple(window)} is not inside this {b.width}x{b.height} image; pass "
-                             "(col, row, width, height) with a positive size within it")
+        col, row, w, h = checked_window(window, b.width, b.height)
         rgb = self._decode_rgb_window(b.payload, b.params, b.width, b.height, (col, row, w, h))
         self._check_decoded(rgb, w, h, "the window asks for")
         alpha = self._alpha(b)

@@ -110,7 +110,10 @@ def decode_bitstream(data: bytes, decoder: Any = None, window: tuple[int, int, i
     if decoder is None or decoder == "coarse":
         return codec.decode(data) if window is None else codec.decode_window(data, window)
     if window is not None:
-        col, row, w, h = window
+        from coldpress.codec.base import checked_window
+
+        b = container.unpack(data)
+        col, row, w, h = checked_window(window, b.width, b.height)
         return decode_bitstream(data, decoder, **options)[row:row + h, col:col + w]
     from coldpress.codec.diffusion import DecoderChoice, refiner
 

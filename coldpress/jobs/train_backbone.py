@@ -26,6 +26,7 @@ from coldpress.codec.diffusion.denoiser import parameter_count
 from coldpress.codec.diffusion.relay import make_scheduler, relay_state, sample
 from coldpress.errors import ColdpressError
 from coldpress.jobs.train_diffusion import W_FREQ, W_MS_SSIM, frequency_loss, ms_ssim_loss, next_batch, training_pairs
+from coldpress.jobs.finite_steps import refuse_non_finite
 from coldpress.jobs.training_segment import history_summary, run_segment
 
 #: Files of a branch training run (distinct from the pixel decoder's, so both can share a --run folder).
@@ -59,6 +60,7 @@ def branch_losses(branch: ControlBranch, backbone: Backbone, scheduler, x0: torc
 
 
 def _save_run(run: Path, branch: ControlBranch, backbone: Backbone, optimizer, state: dict) -> None:
+    refuse_non_finite({k: v.detach() for k, v in branch.state_dict().items()}, run, state["step"])
     save_branch(branch, backbone, run / CHECKPOINT, "run", {"step": str(state["step"])}, half=False)
     torch.save(optimizer.state_dict(), run / f".{OPTIMIZER}.tmp")
     os.replace(run / f".{OPTIMIZER}.tmp", run / OPTIMIZER)

@@ -147,8 +147,20 @@ def _is_hidden(key: str) -> bool:
     return any(part.startswith(".") for part in key.split("/"))
 
 
+def _listed_link(fs, path: str, info: dict[str, Any]) -> bool:
+    """Whether an entry that is no regular file is a link to list: one to a file, to a folder or to nothing
+    (the last two end up rejected with their reason); a link to a FIFO or a device is skipped like them, as
+    reading it could block or never end."""
+    if not info.get("islink"):
+        return False
+    try:
+        return fs.info(path).get("type") in ("file", "directory")
+    except FileNotFoundError:
+        return True
+
+
 def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """Every regular file under ``src`` as sorted ``(uri, key)`` pairs.
+    """Every regular file (and link, below) under ``src`` as sorted ``(uri, key)`` pairs.
 
     ``key`` is the file's path relative to ``src`` with forward slashes; a ``src`` that is a single
     file gives its basename. Hidden files and everything inside hidden folders (names starting with
@@ -176,7 +188,7 @@ def list_sources(src: str, storage_options: dict[str, Any] | None = None) -> lis
     prefix = root + "/" if root else ""
     pairs: list[tuple[str, str]] = []
     for path, info in fs.find(root, withdirs=False, detail=True).items():
-        if info.get("type", "file") != "file" and not info.get("islink") or not path.startswith(prefix):
+        if info.get("type", "file") != "file" and not _listed_link(fs, path, info) or not path.startswith(prefix):
             continue
         key = path[len(prefix):]
         if not key or key.endswith("/") or _is_hidden(key):
@@ -347,11 +359,12 @@ def record_id(key: str) -> str:
 
 def list_images(folders: list[str] | str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """URIs of the image files (by name: ``IMAGE_SUFFIXES``) under each folder, in ``list_sources``
-    order: what training and benchmarks read (archiving reads every file instead)."""
+    order: what training and benchmarks read (archiving reads every file instead); local links that lead
+    to no file are left out."""
     if isinstance(folders, (str, os.PathLike)):
         folders = [folders]
     return [uri for folder in folders for uri, key in list_sources(str(folder), storage_options)
-            if key.lower().endswith(IMAGE_SUFFIXES)]
+            if key.lower().endswith(IMAGE_SUFFIXES) and (not os.path.isabs(uri) or os.path.isfile(uri))]
 
 
 def read_rgb(uri: str, storage_options: dict[str, Any] | None = None):
