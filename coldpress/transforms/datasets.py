@@ -39,6 +39,7 @@ from urllib.parse import parse_qs
 import pyarrow.parquet as pq
 
 from coldpress.errors import ColdpressError, InputRejected
+from coldpress.transforms.sources import DUPLICATE_MARK
 
 KINDS = ("parquet", "webdataset", "listing")
 #: Shard indexes (tar members) and decoded Parquet row groups kept per process.
@@ -47,8 +48,6 @@ ROW_GROUP_CACHE = 2
 #: Extensions of a webdataset sample's image member, in order of preference.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "ppm", "avif", "jp2")
 _SEP = "::"
-#: Appended to the key of a second input with the same id: ``sources.record_id`` rejects it.
-DUPLICATE_MARK = "\x00duplicate"
 _lock = threading.Lock()
 _indexes: OrderedDict[str, dict[str, tuple[int, int]]] = OrderedDict()
 _row_groups: OrderedDict[tuple[str, str, int], tuple[int, list[Any], list[dict[str, Any]]]] = OrderedDict()

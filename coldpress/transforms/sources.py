@@ -321,6 +321,9 @@ def read_ahead(
 #: Appended to the key of a source whose id another source of the same listing already has
 #: (``plan.plan_encode``): ``record_id`` rejects it with the reason.
 COLLISION_MARK = "\x00collision"
+#: Appended to the key of a dataset's second input with an id already taken (``datasets``): ``record_id``
+#: rejects it with the reason.
+DUPLICATE_MARK = "\x00duplicate"
 
 
 def record_id(key: str) -> str:
@@ -331,10 +334,10 @@ def record_id(key: str) -> str:
     InputRejected: such keys do not name a file inside SRC.
     """
     raw = str(key)
-    if raw.endswith("\x00duplicate"):  # datasets.DUPLICATE_MARK
+    if raw.endswith(DUPLICATE_MARK):  # datasets: another input of the dataset has this id
         raise InputRejected(
-            f"id {raw[:-10]!r} is also the id of another input of this dataset, which was archived under it; "
-            "make the dataset's ids unique (another --id-column, or the default positional ids)"
+            f"id {raw[:-len(DUPLICATE_MARK)]!r} is also the id of another input of this dataset, which was archived "
+            "under it; make the dataset's ids unique (another --id-column, or the default positional ids)"
         )
     if raw.endswith(COLLISION_MARK):  # plan.plan_encode: another key of SRC gives the same id
         key = raw[:-len(COLLISION_MARK)]

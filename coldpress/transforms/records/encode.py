@@ -152,7 +152,7 @@ def rejected_row(key: str, uri: str, reason: str) -> dict[str, Any]:
     try:
         rid = record_id(key)
     except ColdpressError:
-        rid = str(key).replace("\x00", "#")  # a mark (sources.COLLISION_MARK, datasets.DUPLICATE_MARK) shown, not a NUL
+        rid = str(key).replace("\x00", "#")  # a mark (sources.COLLISION_MARK, sources.DUPLICATE_MARK) shown, not a NUL
     return {"id": rid, "source_uri": str(uri), "reason": reason, "created_at": _now()}
 
 
