@@ -37,8 +37,6 @@ RUNNER_LOSS_PASSES = 2
 
 
 @leased
-
-
 def encode_beam(
     src: str,
     dst: str,

@@ -121,8 +121,6 @@ class _ShardSink(Datasink):
 
 
 @leased
-
-
 def encode_ray(
     src: str,
     dst: str,
