@@ -143,31 +143,7 @@ class PillowCodec(Codec):
                 f"this {self.name} bitstream says it was coded at scale {scale!r}, but {self.name} codes at "
                 f"scale {self.scale}; the bitstream was written by a faulty encoder, re-encode the source image"
             )
-        expected = self.coded_size(width, height)
-        try:
-            with warnings.catch_warnings():
-                # The size is checked against the header below, which is what bounds the work.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(payload), formats=[self.pil_format])
-                if image.size != expected:
-                    raise BitstreamError(
-                        f"the {self.name} payload holds a {image.size[0]}x{image.size[1]} image where the "
-                        f"header of this {width}x{height} bitstream needs {expected[0]}x{expected[1]}; "
-                        "the bitstream is corrupted, restore it from the archive or a replica"
-                    )
-                image.load()
-                image = image.convert("RGB")
-        except BitstreamError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, the payload does not decode
-            raise BitstreamError(
-                f"the {self.name} payload of this bitstream does not decode as {self.pil_format} "
-                f"({type(exc).__name__}: {exc}); the bitstream is corrupted, restore it from the archive "
-                "or a replica, or re-encode the source image"
-            ) from None
-        if image.size != (width, height):
-            image = image.resize((width, height), _RESAMPLE)
-        return np.asarray(image, dtype=np.uint8)
+        return _decode_pillow(self, payload, self.pil_format, self.coded_size(width, height), width, height)
 
     def encode(self, image: np.ndarray, bpp: float) -> EncodeResult:
         try:
@@ -392,6 +368,7 @@ def _decode_pillow(codec: Codec, payload: bytes, pil_format: str, expected: tupl
     """Decode a payload of ``pil_format`` holding an ``expected``-sized image, resized to width x height."""
     try:
         with warnings.catch_warnings():
+            # The size is checked against the header's, which is what bounds the work.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(payload), formats=[pil_format])
             if image.size != expected:
