@@ -1,5 +1,6 @@
 """`coldpress train`: a few real training steps on generated images, checkpoint and resume, export to
-safetensors with a model card, strict loading of the export, and coding with the exported model."""
+safetensors with a model card, strict loading of the export, and coding with the exported model; a
+lighter synthesis cut out of a run and trained alone."""
 
 from __future__ import annotations
 
@@ -170,3 +171,44 @@ def test_a_diverging_step_is_never_applied_and_a_diverged_run_keeps_its_last_che
         train_main(["--run", str(run), "--steps", "20", *STEPS, "--lr", "1e4"])
     after = load_file(str(run / "checkpoint.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)  # the weights of the last good step
+
+
+def test_a_cut_synthesis_trains_alone_and_exports(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "lite")
+    before = load_file(str(run / "checkpoint.safetensors"))
+    cut = "16,16,16,12,8"
+    assert train_main(["--run", str(run), "--steps", "2", "--lr", "1e-3", "--train-only", "synthesis",
+                       "--dec-channels", cut, *STEPS]) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["config"]["dec_channels"] == [16, 16, 16, 12, 8] and state["train_only"] == "synthesis"
+    assert "cut from" in state["history"][-1]["note"]
+    after = load_file(str(run / "checkpoint.safetensors"))
+    assert set(after) == set(before)
+    for k in before:
+        if k.startswith("g_s."):
+            continue
+        assert np.array_equal(before[k].numpy(), after[k].numpy()), k  # the encoder and entropy models froze
+    assert after["g_s.tail.weight"].shape[1] == 8 < before["g_s.tail.weight"].shape[1]
+
+    # Resuming keeps the cut network (no second cut) and goes on training it.
+    assert train_main(["--run", str(run), "--steps", "1", "--lr", "1e-3", "--train-only", "synthesis",
+                       "--dec-channels", cut, *STEPS]) == 0
+    resumed = load_file(str(run / "checkpoint.safetensors"))
+    assert resumed["g_s.tail.weight"].shape == after["g_s.tail.weight"].shape
+    assert not np.array_equal(resumed["g_s.tail.weight"].numpy(), after["g_s.tail.weight"].numpy())
+
+    out = tmp_path / "weights"
+    assert train_main(["--run", str(run), "--steps", "0", "--model-id", "tiny-lite-v0", "--export-to", str(out)]) == 0
+    codec = get_codec("learned", model=str(out / "tiny-lite-v0.safetensors"), device="cpu")
+    img = natural_image(96, 128, "RGB", seed=5)
+    result = codec.encode(img, 1.0)
+    assert result.achieved_bpp <= 1.0
+    assert codec.decode(result.bitstream).shape == img.shape
+
+
+def test_a_cut_needs_the_synthesis_alone_and_one_count_per_stage(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "bad")
+    with pytest.raises(SystemExit, match="--train-only synthesis"):
+        train_main(["--run", str(run), "--steps", "1", "--dec-channels", "16,16,16,12,8", *STEPS])
+    with pytest.raises(SystemExit, match="one per synthesis stage"):
+        train_main(["--run", str(run), "--steps", "1", "--train-only", "synthesis", "--dec-channels", "16,8", *STEPS])

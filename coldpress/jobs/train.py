@@ -51,12 +51,18 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--context", choices=("none", "checkerboard"),
                    help="spatial context of the latent: a new run gets it; a run without one gets a fresh one "
                         "added (weights kept)")
-    p.add_argument("--slices", type=_slices, metavar="N,N,...",
+    p.add_argument("--slices", type=_channel_counts, metavar="N,N,...",
                    help="add ELIC's channel context with these channel slices (for example 16,16,32,64,64; they "
                         "add up to the latent's channels) to a checkerboard run; it starts at no correction")
-    p.add_argument("--train-only", choices=("all", "context", "channel"), default="all",
+    p.add_argument("--train-only", choices=("all", "context", "channel", "synthesis"), default="all",
                    help="'context': freeze the transforms and entropy models, train only the contexts (checkerboard "
-                        "and channel) on the rate (fast: the decoder is not run); 'channel': the channel context alone")
+                        "and channel) on the rate (fast: the decoder is not run); 'channel': the channel context "
+                        "alone; 'synthesis': the decoder alone on the distortion (bitstreams keep their rate)")
+    p.add_argument("--dec-channels", type=_channel_counts, metavar="N,N,N,N,N",
+                   help="cut a lighter synthesis with these channels per stage (coarse to fine, as many as the "
+                        "run's; for example 192,160,96,64,32) out of the run's trained one, keeping each stage's "
+                        "most important channels (coldpress.jobs.synthesis_pruning); use with --train-only "
+                        "synthesis, in a new run folder copied from the checkpoint")
     diffusion = p.add_argument_group("diffusion decoder (--stage diffusion)")
     diffusion.add_argument("--fixed-steps", type=int, default=2, choices=range(0, 6), metavar="K",
                            help="steps of the decode chain fine-tuned end to end each training step (RDEIC's "
@@ -73,7 +79,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     return p
 
 
-def _slices(text: str) -> tuple[int, ...]:
+def _channel_counts(text: str) -> tuple[int, ...]:
     try:
         slices = tuple(int(v) for v in text.split(","))
     except ValueError:

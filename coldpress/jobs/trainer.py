@@ -76,6 +76,29 @@ def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) 
 
 
 @torch.no_grad()
+def decoded_latent(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """What the synthesis reads when a bitstream of ``x`` at knob ``q`` is decoded: the latent rounded
+    around its entropy model's means, times the inverse gain."""
+    gain, inv_gain = model.gains(q)
+    y = model.g_a(x) * gain
+    z_hat, _ = model.entropy_bottleneck(model.h_a(y), training=False)
+    means, scales = model.h_s(z_hat)
+    if model.cfg.context == "checkerboard":
+        means, _ = model.context_parameters(y, means, scales)
+    return (torch.round(y - means) + means) * inv_gain
+
+
+def synthesis_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
+    """Distortion of the synthesis alone on decoded latents (the encoder and entropy models frozen, so
+    the rate does not move): the mean over the batch of log MSE, i.e. of PSNR, so that every knob counts
+    alike whatever its MSE."""
+    with torch.no_grad():
+        y_hat = decoded_latent(model, x, q)
+    mse = (model.g_s(y_hat) - x).pow(2).flatten(1).mean(1)
+    return {"loss": torch.log(mse.clamp_min(1e-10)).mean(), "bpp": torch.tensor(float("nan")), "mse": mse.mean()}
+
+
+@torch.no_grad()
 def channel_order_by_rate(model: ExtremeCodecNet, images: list[torch.Tensor], crop: int, rng: random.Random,
                           batches: int = 8) -> torch.Tensor:
     """The latent's channels by the bits they take (most first) on random crops at random knobs: the
@@ -142,7 +165,11 @@ def save_state(run: Path, state: dict) -> None:
 
 def parameter_groups(model: ExtremeCodecNet, train_only: str = "all"):
     """(main, aux) parameters to optimize; with ``train_only`` "context" (the checkerboard and channel
-    contexts) or "channel" (the channel context alone) everything else is frozen."""
+    contexts), "channel" (the channel context alone) or "synthesis" everything else is frozen."""
+    if train_only == "synthesis":
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("g_s."))
+        return [p for n, p in model.named_parameters() if n.startswith("g_s.")], []
     if train_only in ("context", "channel"):
         if model.cfg.context == "none":
             raise SystemExit("train: --train-only context needs a model with a context; add --context checkerboard")
@@ -201,6 +228,16 @@ def train(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, slices=slices)
         state["config"] = cfg.to_dict()
         print(f"train: the model gets a channel context with slices {list(slices)}")
+    dec_channels = tuple(getattr(args, "dec_channels", None) or ())
+    teacher_cfg = None
+    if dec_channels and dec_channels != tuple(cfg.dec_channels):
+        if len(dec_channels) != len(cfg.dec_channels):
+            raise SystemExit(f"train: --dec-channels needs {len(cfg.dec_channels)} counts, one per synthesis stage "
+                             f"(this run's are {list(cfg.dec_channels)})")
+        if train_only != "synthesis":
+            raise SystemExit("train: --dec-channels cuts the synthesis out of a trained one; add --train-only synthesis")
+        teacher_cfg, cfg = cfg, replace(cfg, dec_channels=dec_channels)
+        state["config"] = cfg.to_dict()
     model = ExtremeCodecNet(cfg).to(device)
     main_params, aux_params = parameter_groups(model, train_only)
     optimizer = torch.optim.Adam(main_params, lr=args.lr)
@@ -213,6 +250,12 @@ def train(args: argparse.Namespace) -> dict:
         from coldpress.codec.models import load_weights
 
         sd, _, _ = load_weights(run / "checkpoint.safetensors")
+        if teacher_cfg is not None:
+            teacher = ExtremeCodecNet(teacher_cfg).to(device)
+            load_run_weights(teacher, sd)
+            sd = {**{k: v for k, v in sd.items() if not k.startswith("g_s.")},
+                  **{"g_s." + k: v for k, v in model.g_s.state_dict().items()}}
+            args.reset_optimizer = True  # other parameter shapes
         if load_run_weights(model, sd):
             print("train: the checkpoint has no context weights; the context starts fresh")
             args.reset_optimizer = True
@@ -232,6 +275,10 @@ def train(args: argparse.Namespace) -> dict:
     if cfg.slices and not any(k.startswith("channel_context.") for k in sd):  # a new channel context
         model.channel_context.order.copy_(channel_order_by_rate(model, images, args.crop, random.Random(args.seed)))
         print(f"train: channel coding order by rate: {model.channel_context.order.tolist()}")
+    if teacher_cfg is not None:
+        prune_from(teacher, model, images, args, device)
+        print(f"train: synthesis cut from {list(teacher_cfg.dec_channels)} to {list(dec_channels)} channels")
+        del teacher
     for f in folders:
         if f not in state["data"]:
             state["data"].append(f)
@@ -257,7 +304,7 @@ def train(args: argparse.Namespace) -> dict:
     while state["step"] < end_step:
         x = random_batch(images, args.batch, args.crop, rng)
         q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
-        out = (rd_loss if train_only == "all" else context_rate_loss)(model, x, q)
+        out = {"all": rd_loss, "synthesis": synthesis_loss}.get(train_only, context_rate_loss)(model, x, q)
         applied = steps.apply(out["loss"], main_params, optimizer)
         if applied:
             if aux_params:
@@ -299,6 +346,8 @@ def train(args: argparse.Namespace) -> dict:
             "steps": [start_step, state["step"]], "minutes": round((state["seconds"] - start_seconds) / 60, 1),
             "device": state["device"], "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "lr": args.lr, "batch": args.batch, "crop": args.crop, "train_only": train_only,
+            **({"note": f"synthesis cut from {list(teacher_cfg.dec_channels)} to {list(dec_channels)} channels at "
+                        "its start"} if teacher_cfg is not None else {}),
         })
     save_checkpoint(run, model, optimizer, aux_optimizer, state)
     log_file.close()
@@ -306,6 +355,19 @@ def train(args: argparse.Namespace) -> dict:
     if args.eval:
         evaluate_run(run, model, state, args.eval, device)
     return state
+
+
+@torch.no_grad()
+def prune_from(teacher: ExtremeCodecNet, model: ExtremeCodecNet, images: list[torch.Tensor],
+               args: argparse.Namespace, device: torch.device) -> None:
+    """Start ``model``'s lighter synthesis from ``teacher``'s most important channels, measured on the
+    decoded latents of 32 training crops at random knobs (seeded)."""
+    from coldpress.jobs.synthesis_pruning import prune_synthesis
+
+    rng = random.Random(args.seed)
+    x = random_batch(images, 32, args.crop, rng)
+    q = torch.rand(32, generator=torch.Generator().manual_seed(args.seed)) * (teacher.cfg.rate_points - 1)
+    prune_synthesis(teacher.g_s, model.g_s, decoded_latent(teacher, x, q.to(device)))
 
 
 def evaluate_run(run: Path, model: ExtremeCodecNet, state: dict, folder: str, device: torch.device) -> dict:
@@ -337,7 +399,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
 def _segment_note(h: dict) -> str:
     """One training segment of a run's history, for the model card."""
     threads = f" ({h['threads']} threads)" if h.get("threads") else ""
-    what = {"context": ", contexts only", "channel": ", channel context only"}.get(h.get("train_only"), "")
+    what = {"context": ", contexts only", "channel": ", channel context only",
+            "synthesis": ", synthesis only"}.get(h.get("train_only"), "")
     note = f" ({h['note']})" if h.get("note") else ""
     return (f"steps {h['steps'][0]}-{h['steps'][1]}: {h['minutes']} min on {h['device']}{threads}, lr {h['lr']}, "
             f"batch {h['batch']} of {h['crop']}px crops{what}{note}")
