@@ -212,3 +212,22 @@ def test_a_cut_needs_the_synthesis_alone_and_one_count_per_stage(trained_run, tm
         train_main(["--run", str(run), "--steps", "1", "--dec-channels", "16,16,16,12,8", *STEPS])
     with pytest.raises(SystemExit, match="one per synthesis stage"):
         train_main(["--run", str(run), "--steps", "1", "--train-only", "synthesis", "--dec-channels", "16,8", *STEPS])
+
+
+def test_an_export_is_shipped_beside_the_default_or_registered_as_it(trained_run, tmp_path, monkeypatch):
+    from coldpress.codec import models
+
+    reg_file = tmp_path / "MODELS.json"
+    reg_file.write_text(models.REGISTRY_FILE.read_text())
+    monkeypatch.setattr(models, "REGISTRY_FILE", reg_file)
+    default = json.loads(reg_file.read_text())["default"]
+    out = tmp_path / "weights"
+    assert train_main(["--run", str(trained_run), "--steps", "0", "--model-id", "tiny-opt-v0", "--export-to", str(out),
+                       "--ship"]) == 0
+    reg = json.loads(reg_file.read_text())
+    assert reg["default"] == default
+    assert reg["models"]["tiny-opt-v0"]["sha256"] == file_sha256(out / "tiny-opt-v0.safetensors")
+    assert train_main(["--run", str(trained_run), "--steps", "0", "--model-id", "tiny-def-v0", "--export-to", str(out),
+                       "--register"]) == 0
+    reg = json.loads(reg_file.read_text())
+    assert reg["default"] == "tiny-def-v0" and "tiny-opt-v0" in reg["models"]

@@ -47,6 +47,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--model-id", help="export the checkpoint as shippable weights under this model id")
     p.add_argument("--export-to", help="folder for the exported weights (default: the package's weights folder)")
     p.add_argument("--register", action="store_true", help="make the exported model the default in MODELS.json")
+    p.add_argument("--ship", action="store_true",
+                   help="list the exported model in MODELS.json as a registered model, the default unchanged")
     p.add_argument("--reset-optimizer", action="store_true", help="resume weights but start a fresh optimizer")
     p.add_argument("--context", choices=("none", "checkerboard"),
                    help="spatial context of the latent: a new run gets it; a run without one gets a fresh one "

@@ -448,10 +448,12 @@ def export_run(args: argparse.Namespace, state: dict) -> Path:
     out_dir = Path(args.export_to) if args.export_to else WEIGHTS_DIR
     path = export(run / "checkpoint.safetensors", out_dir, args.model_id, calibration, card)
     print(f"train: exported {path} (sha256 {file_sha256(path)})")
-    if args.register:
+    if args.register or getattr(args, "ship", False):
         reg = registry()
         reg["models"][args.model_id] = {"file": path.name, "sha256": file_sha256(path)}
-        reg["default"] = args.model_id
+        if args.register:
+            reg["default"] = args.model_id
         REGISTRY_FILE.write_text(json.dumps(reg, indent=1) + "\n")
-        print(f"train: registered {args.model_id} as the default learned model in {REGISTRY_FILE}")
+        role = "the default learned model" if args.register else f"a learned model (default: {reg['default']})"
+        print(f"train: registered {args.model_id} as {role} in {REGISTRY_FILE}")
     return path
