@@ -411,7 +411,7 @@ def test_verify_accepts_a_float32_models_rows_from_another_kind_of_device_and_ca
     src = tmp_path / "src"
     src.mkdir()
     Image.fromarray(natural_image(96, 128, "RGB", seed=21)).save(src / "a.png")
-    for model in ("cp-extreme-s16-v3", "cp-extreme-s16-v2"):
+    for model in ("cp-extreme-s16-v4", "cp-extreme-s16-v3", "cp-extreme-s16-v2"):
         dst = tmp_path / model
         assert main(["encode", str(src), str(dst), "--bpp", "0.1", "--model", model, "--quiet"]) == 0
         metadata = _fake_recon(dst, "a.png")
@@ -431,7 +431,7 @@ def test_verify_accepts_a_float32_models_rows_from_another_kind_of_device_and_ca
         assert rc == 0 and report["failures"] == [] and report["within_one_level"] == ["a.png"]
         rc, out, _ = run_cli(capsys, "verify", dst)
         assert rc == 0 and "1 of them within one level" in out
-        tail = get_codec("learned", device="cpu").loaded.synthesis32.tail
+        tail = get_codec("learned", model=model, device="cpu").loaded.synthesis32.tail  # the model verify loads
         with torch.no_grad():
             tail.bias += 0.02  # the decoder changed: about 5 levels brighter
         try:
