@@ -13,6 +13,7 @@ would need a GPU round.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from coldpress.codec.networks import ResBlock, Synthesis
@@ -32,34 +33,38 @@ def _top(score: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.sort(order).values
 
 
-def _stage_modules(g_s: Synthesis) -> list[tuple[nn.Conv2d | None, ResBlock | None]]:
-    """(convolution producing the stage's channels, its residual block) per stage, the head first."""
-    stages: list[tuple[nn.Conv2d | None, ResBlock | None]] = [(g_s.head[0], g_s.head[1])]
+def _stage_modules(g_s: Synthesis) -> list[tuple[nn.Module, nn.Conv2d, ResBlock | None]]:
+    """(module whose output is the stage's channels, convolution producing them, its residual block or
+    None) per stage, the head first."""
+    stages: list[tuple[nn.Module, nn.Conv2d, ResBlock | None]] = [(g_s.head, g_s.head[0], g_s.head[1])]
     for up in g_s.ups:
-        stages.append((up.conv, up.res if isinstance(up.res, ResBlock) else None))
+        stages.append((up, up.conv, up.res if isinstance(up.res, ResBlock) else None))
     return stages
 
 
 @torch.no_grad()
 def _activations(g_s: Synthesis, y_hat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """Per stage: the RMS of each output channel, and of each residual block's hidden channel."""
-    outs: list[torch.Tensor] = []
-    hidden: list[torch.Tensor | None] = []
-    x = g_s.head[0](y_hat)
-    res = g_s.head[1]
-    h = torch.nn.functional.leaky_relu(res.conv1(torch.nn.functional.leaky_relu(x, 0.1)), 0.1)
-    hidden.append(_rms_per_channel(h))
-    x = res(x)
-    outs.append(_rms_per_channel(x))
-    for up in g_s.ups:
-        x = torch.nn.functional.leaky_relu(up.shuffle(up.conv(x)), 0.1)
-        if isinstance(up.res, ResBlock):
-            h = torch.nn.functional.leaky_relu(up.res.conv1(torch.nn.functional.leaky_relu(x, 0.1)), 0.1)
-            hidden.append(_rms_per_channel(h))
-            x = up.res(x)
-        else:
-            hidden.append(None)
-        outs.append(_rms_per_channel(x))
+    """Per stage: the RMS of each output channel, and of each residual block's hidden channel (after its
+    leaky ReLU), from one run of the synthesis on ``y_hat`` with forward hooks."""
+    stages = _stage_modules(g_s)
+    outs: list[torch.Tensor | None] = [None] * len(stages)
+    hidden: list[torch.Tensor | None] = [None] * len(stages)
+
+    def keep(into: list, i: int, act=lambda t: t):
+        def hook(_module, _inputs, output):
+            into[i] = _rms_per_channel(act(output))  # before any in-place op that follows
+        return hook
+
+    handles = []
+    for i, (out_module, _, res) in enumerate(stages):
+        handles.append(out_module.register_forward_hook(keep(outs, i)))
+        if res is not None:
+            handles.append(res.conv1.register_forward_hook(keep(hidden, i, lambda t: F.leaky_relu(t, 0.1))))
+    try:
+        g_s(y_hat)
+    finally:
+        for h in handles:
+            h.remove()
     return outs, hidden
 
 
@@ -71,14 +76,14 @@ def prune_synthesis(teacher: Synthesis, student: Synthesis, y_hat: torch.Tensor)
     if len(t_stages) != len(s_stages):
         raise ValueError("prune_synthesis: the student must have as many stages as the teacher")
     outs, hidden = _activations(teacher, y_hat)
-    consumers = [conv for conv, _ in t_stages[1:]] + [teacher.tail]
+    consumers = [conv for _, conv, _ in t_stages[1:]] + [teacher.tail]
     keep_out: list[torch.Tensor] = []
-    for i, ((t_conv, _), (s_conv, _)) in enumerate(zip(t_stages, s_stages)):
+    for i, ((_, t_conv, _), (_, s_conv, _)) in enumerate(zip(t_stages, s_stages)):
         c_keep = s_conv.out_channels // (1 if i == 0 else 4)
         keep_out.append(_top(outs[i] * _weight_norm_per_input(consumers[i]), c_keep))
     kept = {}
     prev = torch.arange(teacher.head[0].in_channels)
-    for i, ((t_conv, t_res), (s_conv, s_res)) in enumerate(zip(t_stages, s_stages)):
+    for i, ((_, t_conv, t_res), (_, s_conv, s_res)) in enumerate(zip(t_stages, s_stages)):
         out = keep_out[i]
         rows = out if i == 0 else (out[:, None] * 4 + torch.arange(4)[None, :]).flatten()  # shuffle groups of 4
         s_conv.weight.copy_(t_conv.weight[rows][:, prev])

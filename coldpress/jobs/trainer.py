@@ -60,14 +60,21 @@ def rd_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
     return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean()}
 
 
+@torch.no_grad()
+def hyperprior_of(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor):
+    """(gain-scaled latent y, hyperprior means, scales, inverse gain) of ``x`` at knobs ``q``, with the
+    quantized hyper-latent, as coding sees them (no gradient)."""
+    gain, inv_gain = model.gains(q)
+    y = model.g_a(x) * gain
+    z_hat, _ = model.entropy_bottleneck(model.h_a(y), training=False)
+    means, scales = model.h_s(z_hat)
+    return y, means, scales, inv_gain
+
+
 def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> dict:
     """Rate of the latent with the transforms frozen: only the contexts (checkerboard, channel) learn (no
     decoder run)."""
-    with torch.no_grad():
-        gain, _ = model.gains(q)
-        y = model.g_a(x) * gain
-        z_hat, _ = model.entropy_bottleneck(model.h_a(y), training=False)
-        means, scales = model.h_s(z_hat)
+    y, means, scales, _ = hyperprior_of(model, x, q)
     c_means, c_scales = model.context_parameters(y, means, scales)
     _, y_lik = model.gaussian_conditional(y, c_scales, means=c_means)
     # The rate of the latent y (z is fixed).
@@ -79,10 +86,7 @@ def context_rate_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) 
 def decoded_latent(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """What the synthesis reads when a bitstream of ``x`` at knob ``q`` is decoded: the latent rounded
     around its entropy model's means, times the inverse gain."""
-    gain, inv_gain = model.gains(q)
-    y = model.g_a(x) * gain
-    z_hat, _ = model.entropy_bottleneck(model.h_a(y), training=False)
-    means, scales = model.h_s(z_hat)
+    y, means, scales, inv_gain = hyperprior_of(model, x, q)
     if model.cfg.context == "checkerboard":
         means, _ = model.context_parameters(y, means, scales)
     return (torch.round(y - means) + means) * inv_gain
@@ -92,9 +96,7 @@ def synthesis_loss(model: ExtremeCodecNet, x: torch.Tensor, q: torch.Tensor) -> 
     """Distortion of the synthesis alone on decoded latents (the encoder and entropy models frozen, so
     the rate does not move): the mean over the batch of log MSE, i.e. of PSNR, so that every knob counts
     alike whatever its MSE."""
-    with torch.no_grad():
-        y_hat = decoded_latent(model, x, q)
-    mse = (model.g_s(y_hat) - x).pow(2).flatten(1).mean(1)
+    mse = (model.g_s(decoded_latent(model, x, q)) - x).pow(2).flatten(1).mean(1)
     return {"loss": torch.log(mse.clamp_min(1e-10)).mean(), "bpp": torch.tensor(float("nan")), "mse": mse.mean()}
 
 
@@ -107,10 +109,7 @@ def channel_order_by_rate(model: ExtremeCodecNet, images: list[torch.Tensor], cr
     for _ in range(batches):
         x = random_batch(images, 8, crop, rng)
         q = torch.rand(8, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) * (model.cfg.rate_points - 1)
-        gain, _ = model.gains(q.to(x.device))
-        y = model.g_a(x) * gain
-        z_hat, _ = model.entropy_bottleneck(model.h_a(y), training=False)
-        means, scales = model.h_s(z_hat)
+        y, means, scales, _ = hyperprior_of(model, x, q.to(x.device))
         _, y_lik = model.gaussian_conditional(y, scales, means=means, training=False)
         bits += (-torch.log2(y_lik.clamp_min(1e-9))).sum(dim=(0, 2, 3)).double().cpu()
     return torch.argsort(bits, descending=True, stable=True)
@@ -301,10 +300,11 @@ def train(args: argparse.Namespace) -> dict:
     end_step = state["step"] + args.steps
     start_step, start_seconds = state["step"], state["seconds"]
     steps = FiniteSteps(state, run, args.lr)
+    loss_of = {"all": rd_loss, "synthesis": synthesis_loss}.get(train_only, context_rate_loss)
     while state["step"] < end_step:
         x = random_batch(images, args.batch, args.crop, rng)
         q = torch.rand(args.batch, device=device) * (cfg.rate_points - 1)
-        out = {"all": rd_loss, "synthesis": synthesis_loss}.get(train_only, context_rate_loss)(model, x, q)
+        out = loss_of(model, x, q)
         applied = steps.apply(out["loss"], main_params, optimizer)
         if applied:
             if aux_params:
