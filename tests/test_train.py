@@ -206,12 +206,15 @@ def test_a_cut_synthesis_trains_alone_and_exports(trained_run, tmp_path):
     assert codec.decode(result.bitstream).shape == img.shape
 
 
-def test_a_cut_needs_the_synthesis_alone_and_one_count_per_stage(trained_run, tmp_path):
+def test_a_cut_needs_the_synthesis_alone_one_count_per_stage_and_a_checkpoint(trained_run, image_folder, tmp_path):
     run = copy_run(trained_run, tmp_path / "bad")
     with pytest.raises(SystemExit, match="--train-only synthesis"):
         train_main(["--run", str(run), "--steps", "1", "--dec-channels", "16,16,16,12,8", *STEPS])
     with pytest.raises(SystemExit, match="one per synthesis stage"):
         train_main(["--run", str(run), "--steps", "1", "--train-only", "synthesis", "--dec-channels", "16,8", *STEPS])
+    with pytest.raises(SystemExit, match="holds no checkpoint"):
+        train_main(["--run", str(tmp_path / "empty"), "--data", str(image_folder), "--steps", "1",
+                    "--train-only", "synthesis", "--dec-channels", "16,16,16,12,8", *STEPS])
 
 
 def test_an_export_is_shipped_beside_the_default_or_registered_as_it(trained_run, tmp_path, monkeypatch):

@@ -235,6 +235,9 @@ def train(args: argparse.Namespace) -> dict:
                              f"(this run's are {list(cfg.dec_channels)})")
         if train_only != "synthesis":
             raise SystemExit("train: --dec-channels cuts the synthesis out of a trained one; add --train-only synthesis")
+        if not (run / "checkpoint.safetensors").exists():
+            raise SystemExit(f"train: --dec-channels cuts a trained synthesis, and {run} holds no checkpoint; copy a "
+                             f"trained run there first (for example cp -r checkpoints/cp-extreme-s16 {run})")
         teacher_cfg, cfg = cfg, replace(cfg, dec_channels=dec_channels)
         state["config"] = cfg.to_dict()
     model = ExtremeCodecNet(cfg).to(device)
