@@ -359,7 +359,7 @@ def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec,
     there must be the full fixed-point computation's, exactly (the goldens pin the bitstreams too)."""
     import torch.nn.functional as F
 
-    from coldpress.codec.fixedpoint import _exact_conv, _exact_conv_at
+    from coldpress.codec.fixedpoint import _exact_conv, conv_at
     from coldpress.codec.networks import anchor_mask
 
     if not codec.loaded.has_context:
@@ -384,7 +384,7 @@ def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec,
     rows, cols = (~anchor_mask(7, 9)).nonzero(as_tuple=True)
     taps = (torch.arange(3)[:, None] + torch.arange(3)[None, :]) % 2 == 1
     full = _exact_conv(x, w)
-    assert torch.equal(_exact_conv_at(x, w, (rows, cols, taps))[:, :, 0], full[..., rows, cols])
+    assert torch.equal(conv_at(x, w, (rows, cols, taps))[:, :, 0], full[..., rows, cols])
     assert not torch.equal(F.conv2d(x, w * taps, padding=1)[..., ~anchor_mask(7, 9)].flatten(), torch.zeros(2 * 4 * 31))
 
 

@@ -47,8 +47,10 @@ def _exact_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (w.reshape(w.shape[0], -1) @ cols).reshape(n, w.shape[0], h, width)
 
 
-def _exact_conv_at(x: torch.Tensor, w: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def conv_at(x: torch.Tensor, w: torch.Tensor, at: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """``_exact_conv(x, w)`` at some output positions only, from some kernel taps only: (n, cout, 1, len(rows)).
+    Exact on integer-valued float64 (the fixed-point stacks); in float32 an approximation of the same
+    sums (the rate estimate's context, ``rate_estimate.py``).
 
     ``at`` = (rows, cols, taps): the output positions, and a (k, k) bool mask of the taps that can see a
     nonzero input from them (e.g. a checkerboard context's output on the non-anchors reads only the
@@ -157,7 +159,7 @@ class FixedPointStack(nn.Module):
         """The output in float64, bit-identical on every device, thread count and process.
 
         ``at``: (rows, cols, taps) to compute only those output positions from only those taps of the
-        first convolution (``_exact_conv_at``); the output is then (n, c, 1, len(rows)), and every
+        first convolution (``conv_at``); the output is then (n, c, 1, len(rows)), and every
         later layer must work position by position (1x1 convolutions, ReLU).
         """
         frac = [int(v) for v in self.frac_bits]
@@ -167,7 +169,7 @@ class FixedPointStack(nn.Module):
             if op == "conv":
                 w = getattr(self, f"w{ci}").double()
                 if at is not None and ci == 0:
-                    acc = _exact_conv_at(x, w, at)
+                    acc = conv_at(x, w, at)
                 elif at is not None and w.shape[-1] != 1:
                     raise ValueError("a stack computed at some positions must be 1x1 after its first convolution")
                 else:

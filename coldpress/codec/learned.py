@@ -34,7 +34,6 @@ makes the entropy decoding itself exact on every device.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numpy as np
@@ -45,6 +44,7 @@ from PIL import Image
 from coldpress.codec import precision_check, rate_control, slice_coding
 from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
+from coldpress.codec.decode_memo import CodedLatent, DecodeMemo
 from coldpress.codec.models import LEGACY_DECODE_TILING, LoadedModel, load_model
 from coldpress.codec.networks import anchor_mask
 from coldpress.codec.rate_control import LOG_SIZE_SLOPE
@@ -66,9 +66,6 @@ SCALE_SEARCH_MAX_Q16 = 2 * Q_STEPS
 #: upsamplings and the tail) in tiles of this many output pixels a side, inside outer tiles of this
 #: many times the recorded tile (``_staged_synthesis``); neither changes a pixel.
 BACK_TILE, OUTER_TILE_FACTOR = 768, 2
-#: Reconstructions the scale search made, kept for the decode that verify-on-write runs next (see
-#: ``_reconstruct``): at most this many, of images up to this many pixels.
-MEMO_ENTRIES, MEMO_MAX_PIXELS = 2, 1 << 24
 
 
 def _scaled_size(w: int, h: int, eighths: int) -> tuple[int, int]:
@@ -130,14 +127,6 @@ def _tiled(fn, x: torch.Tensor, factor: float, tile: int, halo: int, align: int,
     return out
 
 
-def _memo_key(payload: bytes, params: Any, width: int, height: int) -> tuple | None:
-    """The key of a decode in the memo (None for parameters no coding made: _reconstruct rejects them)."""
-    try:
-        return bytes(payload), int(params["q"]), int(params["s"]), width, height
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 @register("learned")
 class LearnedCodec(Codec):
     """The learned extreme codec; ``model`` picks a shipped or local model (default: the bundled one)."""
@@ -171,9 +160,8 @@ class LearnedCodec(Codec):
         self._lock = self.loaded.coder_lock
         #: Latent codings made by rate control so far (a counter for benchmarks).
         self.codings = 0
-        #: Decodes the scale search computed, by (payload, params, size), for the decode that follows.
-        self._memo: dict[tuple, np.ndarray] = {}
-        self._memo_lock = threading.Lock()
+        #: What encodes computed for the verify decodes that follow them (``decode_memo.py``).
+        self._decode_memo = DecodeMemo()
         #: Syntheses (full decodes), counted for tests and benchmarks.
         self.syntheses = 0
 
@@ -255,11 +243,16 @@ class LearnedCodec(Codec):
         gc = net.gaussian_conditional
         if not loaded.has_context:
             with self._lock:
-                return head + gc.compress(y, indexes, means=means)[0]
+                payload = head + gc.compress(y, indexes, means=means)[0]
+            self._decode_memo.keep_latent(payload, CodedLatent(z_hat.cpu(), means, indexes, None))
+            return payload
         anchor = anchor_mask(*y.shape[-2:])
         with self._lock:
             anchors, others = (gc.compress(y[..., m], indexes[..., m], means=means[..., m])[0] for m in (anchor, ~anchor))
-        return head + varint(len(anchors)) + anchors + others
+        payload = head + varint(len(anchors)) + anchors + others
+        coded_anchors = torch.round(y[..., anchor] - means[..., anchor]) + means[..., anchor]
+        self._decode_memo.keep_latent(payload, CodedLatent(z_hat.cpu(), means, indexes, coded_anchors))
+        return payload
 
     @torch.no_grad()
     def estimate_bits(self, rgb: np.ndarray, q16: int, eighths: int = 8) -> float:
@@ -273,37 +266,42 @@ class LearnedCodec(Codec):
         y_lik = net.gaussian_conditional._likelihood(y_hat, scales, means=means).clamp_min(1e-9)
         return float(-torch.log2(z_lik.double()).sum() - torch.log2(y_lik).sum())
 
-    def _decode_latent(self, payload: bytes, z_shape: tuple[int, int]) -> torch.Tensor:
-        """The gain-scaled latent y_hat (float64, CPU) of a payload."""
+    def _decode_latent(self, payload: bytes, z_shape: tuple[int, int], preview: bool = False) -> torch.Tensor:
+        """The gain-scaled latent y_hat (float64, CPU) of a payload. Every bit is range-decoded; where
+        this codec has just coded the payload, its entropy parameters are taken from that coding
+        (``decode_memo.py``) once the decoded inputs they derive from are checked equal."""
         net, loaded = self.net, self.loaded
-        gc = net.gaussian_conditional
         n_z, pos = read_varint(payload, 0, "learned payload")
         if pos + n_z > len(payload):
             raise BitstreamError("learned payload is truncated (hyper-latent longer than the payload)")
         z_string, pos = payload[pos : pos + n_z], pos + n_z
         with self._lock:
             z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
-        means, scales = loaded.hyper_parameters(z_hat)
-        if loaded.has_slices:
-            return slice_coding.decode(loaded, payload[pos:], means, scales)
+        coded = self._decode_memo.take_latent(payload, keep=preview)
+        if coded is not None and not (coded.z_hat.shape == z_hat.shape and torch.equal(coded.z_hat, z_hat.cpu())):
+            coded = None
+        if coded is None:
+            means, scales = loaded.hyper_parameters(z_hat)
+            if loaded.has_slices:  # (its codings are not kept)
+                return slice_coding.decode(loaded, payload[pos:], means, scales)
+            indexes = loaded.scale_indexes(scales)
+        else:
+            means, indexes = coded.means, coded.indexes
         if not loaded.has_context:
-            with self._lock:
-                return gc.decompress([payload[pos:]], loaded.scale_indexes(scales), means=means)
+            return loaded.range_decode(payload[pos:], indexes, means)
         n_a, pos = read_varint(payload, pos, "learned payload")
         if pos + n_a > len(payload):
             raise BitstreamError("learned payload is truncated (anchor latents longer than the payload)")
         anchor = anchor_mask(*means.shape[-2:])
         other = ~anchor
         y_hat = torch.zeros_like(means)
-        with self._lock:
-            y_hat[..., anchor] = gc.decompress(
-                [payload[pos : pos + n_a]], loaded.scale_indexes(scales[..., anchor]), means=means[..., anchor]
-            )
-        c_means, c_scales = loaded.context_parameters(y_hat, means, scales)
-        with self._lock:
-            y_hat[..., other] = gc.decompress(
-                [payload[pos + n_a :]], loaded.scale_indexes(c_scales[..., other]), means=c_means[..., other]
-            )
+        y_hat[..., anchor] = loaded.range_decode(payload[pos : pos + n_a], indexes[..., anchor], means[..., anchor])
+        if coded is None or not torch.equal(y_hat[..., anchor], coded.anchors):
+            if coded is not None:  # the anchors differ from those coded: the context's own parameters
+                means, scales = loaded.hyper_parameters(z_hat)
+            means, scales = loaded.context_parameters(y_hat, means, scales)
+            indexes = loaded.scale_indexes(scales)
+        y_hat[..., other] = loaded.range_decode(payload[pos + n_a :], indexes[..., other], means[..., other])
         return y_hat
 
     # -- the Codec contract --------------------------------------------------------------------
@@ -413,8 +411,7 @@ class LearnedCodec(Codec):
 
     @torch.no_grad()
     def _decode_rgb(self, payload: bytes, params: dict[str, Any], width: int, height: int) -> np.ndarray:
-        with self._memo_lock:
-            known = self._memo.pop(_memo_key(payload, params, width, height), None)
+        known = self._decode_memo.take_pixels(payload, params, width, height)
         if known is not None and precision_check.active() is None:  # a checked decode is always run
             return known
         return self._reconstruct(payload, params, width, height)
@@ -424,21 +421,17 @@ class LearnedCodec(Codec):
                      preview: bool = False) -> np.ndarray:
         """Pixels of a payload: the decode in the model's precision, or a float32 ``preview`` for rate
         control. For float32 models the preview is the decode itself (same networks, precision and
-        tiling, from the payload's bytes), so the scale search's reconstructions are kept (``MEMO_*``)
-        and the verify-on-write decode of the chosen bitstream, which follows, returns them instead of
-        running the synthesis again."""
+        tiling, from the payload's bytes), so the scale search's reconstructions are kept
+        (``decode_memo.py``) and the verify-on-write decode of the chosen bitstream, which follows,
+        returns them instead of running the synthesis again."""
         pixels = self._synthesize(payload, params, width, height, preview)
-        if preview and self._float32_decode() and width * height <= MEMO_MAX_PIXELS:
-            with self._memo_lock:
-                self._memo[_memo_key(payload, params, width, height)] = pixels
-                while len(self._memo) > MEMO_ENTRIES:
-                    self._memo.pop(next(iter(self._memo)))
+        if preview and self._float32_decode():
+            self._decode_memo.keep_pixels(payload, params, width, height, pixels)
         return pixels
 
     def forget_decodes(self) -> None:
-        """Drop the reconstructions the scale search kept for a verify decode."""
-        with self._memo_lock:
-            self._memo.clear()
+        """Drop what encodes kept for the verify decodes that follow them (``decode_memo.py``)."""
+        self._decode_memo.clear()
 
     def _rate_params(self, params: dict[str, Any]) -> tuple[int, int]:
         """(knob in 1/16ths, scale in eighths) of a payload's rate parameters, checked."""
@@ -450,11 +443,12 @@ class LearnedCodec(Codec):
             raise BitstreamError(f"learned bitstream has out-of-range rate parameters {params}; it is corrupted")
         return q16, eighths
 
-    def _latent_of(self, payload: bytes, q16: int, sw: int, sh: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _latent_of(self, payload: bytes, q16: int, sw: int, sh: int, preview: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(y_hat, inverse gain) of a payload coded at knob ``q16`` on a ``sw`` x ``sh`` image."""
         stride = self.net.cfg.total_stride
         ph, pw = math.ceil(sh / stride) * stride, math.ceil(sw / stride) * stride
-        y_hat = self._decode_latent(payload, (ph // stride, pw // stride))
+        y_hat = self._decode_latent(payload, (ph // stride, pw // stride), preview)
         _, inv_gain = self.net.gains(torch.tensor([q16 / Q_STEPS], device=self.device))
         return y_hat, inv_gain
 
@@ -495,7 +489,7 @@ class LearnedCodec(Codec):
         self.syntheses += 1
         q16, eighths = self._rate_params(params)
         sw, sh = _scaled_size(width, height, eighths)
-        y_hat, inv_gain = self._latent_of(payload, q16, sw, sh)
+        y_hat, inv_gain = self._latent_of(payload, q16, sw, sh, preview)
         dtype, synthesis, layout = self._synthesis_for(preview)
         x_hat = self._pixels(synthesis, y_hat, inv_gain, dtype, layout, sw, sh)
         check = precision_check.active()

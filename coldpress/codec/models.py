@@ -20,16 +20,18 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+from compressai.ans import RansDecoder
 
 from coldpress.codec.fixedpoint import FixedPointStack
 from coldpress.codec.rate_estimate import RateEstimator
 from coldpress.codec.networks import (
     ExtremeCodecNet,
     NetConfig,
-    anchor_mask,
     latent_passes,
+    non_anchor_context,
     scale_table,
     synthesis_receptive_radius,
 )
@@ -163,11 +165,7 @@ class LoadedModel:
         the result is bit-identical on every device.
         """
         dev = self.ctx_fixed.w0.device
-        h, w = anchors_hat.shape[-2:]
-        rows, cols = (~anchor_mask(h, w)).nonzero(as_tuple=True)
-        k = self.ctx_fixed.w0.shape[-1]
-        offsets = torch.arange(k)
-        taps = (offsets[:, None] + offsets[None, :]) % 2 == 1  # offsets (i - k//2) + (j - k//2): odd, k odd
+        rows, cols, taps = non_anchor_context(*anchors_hat.shape[-2:], self.ctx_fixed.w0.shape[-1])
         at = (rows.to(dev), cols.to(dev), taps)
         ctx = self.ctx_fixed(anchors_hat.double().to(dev), at=at)  # (n, c, 1, positions)
         m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
@@ -206,6 +204,16 @@ class LoadedModel:
         gc = self.net.gaussian_conditional
         return (gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(),
                 gc._offset.reshape(-1).int().tolist())
+
+    def range_decode(self, string: bytes, indexes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """The latent values (float64) that the Gaussian conditional range-coded in ``string`` with these
+        scale indexes about these means: its ``decompress`` of one string, on a coder of its own (no lock:
+        nothing shared), with the decoded symbols converted through numpy (a Python list straight into
+        ``torch.tensor`` costs three times as much: 0.2 s at 4 megapixels)."""
+        cdfs, lengths, offsets = self.rans_tables
+        values = RansDecoder().decode_with_indexes(string, indexes.reshape(-1).tolist(), cdfs, lengths, offsets)
+        symbols = torch.from_numpy(np.asarray(values, dtype=np.int32)).reshape(indexes.shape)
+        return symbols.to(torch.float64) + means
 
     @property
     def has_slices(self) -> bool:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from coldpress.codec.networks import CheckerboardContext, HyperSynthesis
+from coldpress.codec.fixedpoint import conv_at
+from coldpress.codec.networks import HyperSynthesis, non_anchor_context
 
 #: The real bitstream's size over the estimate, before a coding has measured it: 1.005 to 1.03 on
 #: photos of Kodak to 4-megapixel size between 0.03 and 0.1 bpp (the scale table's rounding, the
@@ -36,11 +37,10 @@ class RateEstimator:
         self.net = loaded.net
         self.hyper = HyperSynthesis(cfg)
         self.hyper.net = loaded.hs_fixed.float_approximation()
-        self.context = None
+        self.context = self.params = None
         if loaded.has_context:
-            self.context = CheckerboardContext(cfg)
-            self.context.context = loaded.ctx_fixed.float_approximation()
-            self.context.params = loaded.ep_fixed.float_approximation()
+            (self.context,) = loaded.ctx_fixed.float_approximation()  # one k x k convolution
+            self.params = loaded.ep_fixed.float_approximation()  # 1x1 convolutions and ReLUs
 
     @classmethod
     def for_model(cls, loaded) -> "RateEstimator | None":
@@ -54,7 +54,24 @@ class RateEstimator:
         z_hat, z_likelihoods = net.entropy_bottleneck(net.h_a(y), training=False)
         means, scales = self.hyper(z_hat)
         if self.context is not None:
-            means, scales = self.context.parameters_of(y, means, scales)
+            means, scales = self._context_parameters(y, means, scales)
         _, y_likelihoods = net.gaussian_conditional(y, scales, means=means, training=False)
         bits = -torch.log2(z_likelihoods.double()).sum() - torch.log2(y_likelihoods.double().clamp_min(1e-9)).sum()
         return float(bits) / 8
+
+    def _context_parameters(self, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+        """``CheckerboardContext.parameters_of`` (the hyperprior's parameters on the anchors, the context's
+        from the rounded anchors elsewhere), computed as the fixed-point ``LoadedModel.context_parameters``
+        is: on the non-anchors only, from the taps that reach anchors (a quarter of the context
+        convolution's work, half of the parameter network's: 1.05 -> 0.75 s an estimate at 4 megapixels)."""
+        conv = self.context
+        rows, cols, taps = non_anchor_context(*y.shape[-2:], conv.kernel_size[0])
+        rows, cols = rows.to(y.device), cols.to(y.device)
+        anchors_hat = torch.round(y - means) + means  # read only on the anchors (the taps reach no other)
+        ctx = conv_at(anchors_hat, conv.weight, (rows, cols, taps)) + conv.bias[None, :, None, None]
+        m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
+        d_means, d_scales = self.params(torch.cat([m_at, s_at, ctx], dim=1)).chunk(2, dim=1)
+        means, scales = means.clone(), scales.clone()
+        means[..., rows, cols] = m_at[:, :, 0] + d_means[:, :, 0]
+        scales[..., rows, cols] = s_at[:, :, 0] + d_scales[:, :, 0]
+        return means, scales
