@@ -185,6 +185,20 @@ def test_entropy_parameters_do_not_depend_on_thread_count(codec, photo):
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
+def test_encoding_does_not_depend_on_thread_count(codec, photo):
+    """The channels-last analysis (oneDNN) computes the same latent, so the same bytes, on 1 and 2 threads,
+    tiled (a 1152-pixel-wide image, above the 1024-pixel analysis tile) or not: re-runs of a job with
+    other worker sizes archive the same bitstreams."""
+    wide = np.concatenate([photo, photo[:, ::-1], photo[:, :384]], axis=1)
+    assert wide.shape[1] > 1024
+    for img in (photo, wide):
+        coded = []
+        for threads in (1, 2):
+            with torch_threads(threads):
+                coded.append((codec.encode(img, 0.05).bitstream, codec.analysis(img, 8)))
+        assert coded[0][0] == coded[1][0] and torch.equal(coded[0][1], coded[1][1])
+
+
 def test_tiled_encoding_has_no_seams():
     """The encoder's analysis tiles (the ``tile`` option) leave no visible seam and cost no quality."""
     whole = get_codec("learned", device="cpu", tile=4096)

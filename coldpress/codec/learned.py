@@ -197,7 +197,12 @@ class LearnedCodec(Codec):
     @torch.no_grad()
     def _analysis_of(self, x: torch.Tensor) -> torch.Tensor:
         s = self.net.cfg.latent_stride
-        return _tiled(self.net.g_a, x, 1 / s, self.tile, HALO, s)
+        analysis = self.loaded.analysis_channels_last
+
+        def tile(t: torch.Tensor) -> torch.Tensor:
+            return analysis(t.contiguous(memory_format=torch.channels_last)).contiguous()
+
+        return _tiled(tile, x, 1 / s, self.tile, HALO, s)
 
     @torch.no_grad()
     def analysis(self, rgb: np.ndarray, eighths: int) -> torch.Tensor:

@@ -199,6 +199,14 @@ class LoadedModel:
         return copy.deepcopy(self.net.g_s).to(memory_format=torch.channels_last).eval()
 
     @functools.cached_property
+    def analysis_channels_last(self) -> nn.Module:
+        """The encoder's analysis (float32) as a channels-last copy: oneDNN's faster layout on CPU (a
+        1152 x 1152 tile: 0.76 -> 0.47 s on 2 Zen 3 cores); the latent it computes differs from the
+        contiguous layout's by float rounding only, and encodes never need the same bytes as another
+        layout's (decodes need the same pixels, and get them)."""
+        return copy.deepcopy(self.net.g_a).to(memory_format=torch.channels_last).eval()
+
+    @functools.cached_property
     def rans_tables(self) -> tuple[list, list, list]:
         """The Gaussian conditional's CDF tables (CDFs, lengths, offsets) as compressai's rANS coder takes them."""
         gc = self.net.gaussian_conditional

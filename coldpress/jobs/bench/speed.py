@@ -170,11 +170,16 @@ def _time_size(codec, args: argparse.Namespace, device: str, sync, is_cuda: bool
         x1 = F.pad(x1, (0, (-w) % stride, 0, (-h) % stride), mode="replicate").to(device)
         q = float(net.cfg.rate_points - 1) / 2
 
+        g_a = getattr(getattr(codec, "loaded", None), "analysis_channels_last", net.g_a)  # as the codec runs it
+
+        def run_g_a(x: torch.Tensor) -> torch.Tensor:
+            return g_a(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
         def analysis(x: torch.Tensor) -> torch.Tensor:
             gain, _ = net.gains(torch.full((x.shape[0],), q, device=x.device))
-            return net.h_a(net.g_a(x) * gain)
+            return net.h_a(run_g_a(x) * gain)
 
-        stages = {"g_a": net.g_a, "g_a+h_a": analysis}
+        stages = {"g_a": run_g_a, "g_a+h_a": analysis}
         flops = {}
         with torch.no_grad():
             for stage, fn in stages.items():
@@ -184,8 +189,8 @@ def _time_size(codec, args: argparse.Namespace, device: str, sync, is_cuda: bool
                 flops[stage] = counter.get_total_flops() / 1e9
         info.update({
             "network_input": [int(x1.shape[-1]), int(x1.shape[-2])],
-            "network_note": f"the frame is padded to a multiple of {stride} px and run untiled (the codec's "
-                            f"encode tiles images above {getattr(codec, 'tile', '?')} px a side)",
+            "network_note": f"the frame is padded to a multiple of {stride} px and run untiled, channels-last as "
+                            f"the codec runs g_a (its encode tiles images above {getattr(codec, 'tile', '?')} px a side)",
             "params": {"g_a": sum(p.numel() for p in net.g_a.parameters()),
                        "h_a": sum(p.numel() for p in net.h_a.parameters())},
             "gflops_per_frame": flops,
