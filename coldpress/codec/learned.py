@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coldpress.codec import precision_check, rate_control, slice_coding
+from coldpress.codec import precision_check, preview, rate_control, slice_coding
 from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
 from coldpress.codec.decode_memo import CodedLatent, DecodeMemo
@@ -379,7 +379,11 @@ class LearnedCodec(Codec):
             return fits[0]
         # Compare the reconstructions (float32 preview decoder) at full size; the smaller scale must win
         # clearly (SCALE_SEARCH_MARGIN_DB) so that a near-tie never depends on float rounding.
-        mse = [self._preview_mse(rgb, p, prm) for p, prm in fits]
+        h, w = rgb.shape[:2]
+        if preview.windowed(self, w, h):  # large images: the smaller scale whole, the larger on windows
+            mse = list(preview.compare(self, rgb, fits[0], fits[1]))
+        else:
+            mse = [self._preview_mse(rgb, p, prm) for p, prm in fits]
         if 10 * math.log10(mse[0] / max(mse[1], 1e-12)) > SCALE_SEARCH_MARGIN_DB:
             return fits[1]
         return fits[0]
@@ -448,6 +452,16 @@ class LearnedCodec(Codec):
             raise BitstreamError(f"learned bitstream has out-of-range rate parameters {params}; it is corrupted")
         return q16, eighths
 
+    def coded_size(self, params: dict[str, Any], width: int, height: int) -> tuple[int, tuple[int, int]]:
+        """(knob in 1/16ths, (width, height) of the image as coded) of a payload's rate parameters."""
+        q16, eighths = self._rate_params(params)
+        return q16, _scaled_size(width, height, eighths)
+
+    def windows_preview_ok(self) -> bool:
+        """Whether previews of windows are this model's decode there, up to a halo (``preview.py``): a
+        recorded tiling that covers the receptive field, float32 decodes."""
+        return self.loaded.decode_tiling != LEGACY_DECODE_TILING and self._float32_decode()
+
     def _latent_of(self, payload: bytes, q16: int, sw: int, sh: int, preview: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(y_hat, inverse gain) of a payload coded at knob ``q16`` on a ``sw`` x ``sh`` image."""
@@ -480,14 +494,21 @@ class LearnedCodec(Codec):
         self.syntheses += 1
         col, row, w, h = window
         y_hat, inv_gain = self._latent_of(payload, q16, width, height)
-        s, r = self.net.cfg.latent_stride, tiling.halo
-        ly0, lx0 = max(0, (row - r) // s), max(0, (col - r) // s)
-        ly1 = min(y_hat.shape[-2], (row + h - 1 + r) // s + 1)
-        lx1 = min(y_hat.shape[-1], (col + w - 1 + r) // s + 1)
-        dtype, synthesis, layout = self._synthesis_for(preview=False)
+        return self._region_pixels(y_hat, inv_gain, (col, row, col + w, row + h), tiling.halo, preview=False)
+
+    def _region_pixels(self, y_hat: torch.Tensor, inv_gain: torch.Tensor, region: tuple[int, int, int, int],
+                       halo: int, preview: bool) -> np.ndarray:
+        """Pixels (x0, y0) to (x1, y1) of the coded image, synthesised from the latents that reach them
+        and ``halo`` pixels more on every side (the recorded tiling's halo: exactly the whole decode's)."""
+        x0, y0, x1, y1 = region
+        s = self.net.cfg.latent_stride
+        ly0, lx0 = max(0, (y0 - halo) // s), max(0, (x0 - halo) // s)
+        ly1 = min(y_hat.shape[-2], (y1 - 1 + halo) // s + 1)
+        lx1 = min(y_hat.shape[-1], (x1 - 1 + halo) // s + 1)
+        dtype, synthesis, layout = self._synthesis_for(preview)
         part = self._pixels(synthesis, y_hat[..., ly0:ly1, lx0:lx1], inv_gain, dtype, layout,
                             (lx1 - lx0) * s, (ly1 - ly0) * s)
-        return np.ascontiguousarray(part[row - ly0 * s:row - ly0 * s + h, col - lx0 * s:col - lx0 * s + w])
+        return np.ascontiguousarray(part[y0 - ly0 * s:y1 - ly0 * s, x0 - lx0 * s:x1 - lx0 * s])
 
     def _synthesize(self, payload: bytes, params: dict[str, Any], width: int, height: int,
                     preview: bool) -> np.ndarray:
