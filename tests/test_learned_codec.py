@@ -373,7 +373,7 @@ def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec,
     there must be the full fixed-point computation's, exactly (the goldens pin the bitstreams too)."""
     import torch.nn.functional as F
 
-    from coldpress.codec.fixedpoint import _exact_conv, conv_at
+    from coldpress.codec.fixedpoint import _exact_conv, checkerboard_conv
     from coldpress.codec.networks import anchor_mask
 
     if not codec.loaded.has_context:
@@ -391,15 +391,19 @@ def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec,
     assert torch.equal(c_scales[..., ~anchor], (scales + d_scales)[..., ~anchor])
     assert torch.equal(c_means[..., anchor], means[..., anchor])
 
-    # And on random integers, odd sizes and a 3x3 kernel, against the whole convolution.
+    # And on random integers, odd and even sizes and 3x3, 5x5 and 7x7 kernels, against the whole
+    # convolution of the anchors (what the non-anchors hold is never read).
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-2**16, 2**16, (2, 5, 7, 9), generator=gen).double() * anchor_mask(7, 9)
-    w = torch.randint(-2047, 2048, (4, 5, 3, 3), generator=gen).double()
-    rows, cols = (~anchor_mask(7, 9)).nonzero(as_tuple=True)
-    taps = (torch.arange(3)[:, None] + torch.arange(3)[None, :]) % 2 == 1
-    full = _exact_conv(x, w)
-    assert torch.equal(conv_at(x, w, (rows, cols, taps))[:, :, 0], full[..., rows, cols])
-    assert not torch.equal(F.conv2d(x, w * taps, padding=1)[..., ~anchor_mask(7, 9)].flatten(), torch.zeros(2 * 4 * 31))
+    for h, w_, k in ((7, 9, 3), (7, 9, 5), (8, 6, 5), (9, 8, 7), (1, 1, 5)):
+        x = torch.randint(-2**16, 2**16, (2, 5, h, w_), generator=gen).double()
+        w = torch.randint(-2047, 2048, (4, 5, k, k), generator=gen).double()
+        anchor = anchor_mask(h, w_)
+        full = _exact_conv(x * anchor, w)
+        got = checkerboard_conv(x, w, _exact_conv)
+        assert torch.equal(got[..., ~anchor], full[..., ~anchor]) and not got[..., anchor].any()
+        assert h * w_ == 1 or full[..., ~anchor].any()  # not vacuous
+        approx = checkerboard_conv(x.float(), w.float(), lambda t, kk: F.conv2d(t, kk, padding=kk.shape[-1] // 2))
+        assert torch.allclose(approx[..., ~anchor].double(), full[..., ~anchor], rtol=1e-4, atol=1e-3 * float(full.abs().max()))
 
 
 def test_bitstreams_of_older_shipped_models_still_decode(photo):

@@ -31,7 +31,7 @@ from coldpress.codec.networks import (
     ExtremeCodecNet,
     NetConfig,
     latent_passes,
-    non_anchor_context,
+    anchor_mask,
     scale_table,
     synthesis_receptive_radius,
 )
@@ -165,9 +165,8 @@ class LoadedModel:
         the result is bit-identical on every device.
         """
         dev = self.ctx_fixed.w0.device
-        rows, cols, taps = non_anchor_context(*anchors_hat.shape[-2:], self.ctx_fixed.w0.shape[-1])
-        at = (rows.to(dev), cols.to(dev), taps)
-        ctx = self.ctx_fixed(anchors_hat.double().to(dev), at=at)  # (n, c, 1, positions)
+        rows, cols = (~anchor_mask(*anchors_hat.shape[-2:])).nonzero(as_tuple=True)
+        ctx = self.ctx_fixed(anchors_hat.double().to(dev), at=(rows.to(dev), cols.to(dev)))  # (n, c, 1, positions)
         m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
         d_means, d_scales = self.ep_fixed(torch.cat([m_at.to(dev), s_at.to(dev), ctx], dim=1)).chunk(2, dim=1)
         c_means, c_scales = means.clone(), scales.clone()

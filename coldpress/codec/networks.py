@@ -227,15 +227,6 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     return ij % 2 == 0
 
 
-def non_anchor_context(h: int, w: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, cols, taps) of a checkerboard context's useful work on an h x w latent: the non-anchor
-    positions and, of its k x k kernel (k odd), the taps that reach an anchor from them (row plus
-    column offset odd): ``fixedpoint.conv_at``'s ``at``, a quarter of the full convolution's work."""
-    rows, cols = (~anchor_mask(h, w)).nonzero(as_tuple=True)
-    offsets = torch.arange(k)
-    return rows, cols, (offsets[:, None] + offsets[None, :]) % 2 == 1
-
-
 class CheckerboardContext(nn.Module):
     """Entropy parameters of the non-anchor latents from the hyperprior's and the decoded anchors.
 
