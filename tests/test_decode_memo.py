@@ -93,3 +93,20 @@ def test_forget_decodes_drops_the_coded_latents(coded):
     assert codec._decode_memo.take_latent(payload, keep=True) is not None
     codec.forget_decodes()
     assert codec._decode_memo.take_latent(payload) is None
+
+
+def test_entries_belong_to_the_encoding_thread_and_go_with_its_next_encode(coded, monkeypatch):
+    """A decode on another thread derives everything itself (same pixels); the thread's next encode drops
+    what the previous one kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec, fresh, data, payload = coded
+    codec.forget_decodes()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(codec.encode, natural_image(160, 224, "RGB", seed=21), 0.1).result()
+    calls = _counting(monkeypatch, codec.loaded, "hyper_parameters")
+    assert np.array_equal(codec.decode(data), fresh) and calls == ["hyper_parameters"]
+    codec.encode(natural_image(160, 224, "RGB", seed=21), 0.1)
+    assert codec._decode_memo.take_latent(payload, keep=True) is not None
+    codec.encode(natural_image(96, 128, "RGB", seed=3), 0.1)
+    assert codec._decode_memo.take_latent(payload) is None

@@ -369,11 +369,12 @@ def test_context_parameters_do_not_depend_on_thread_count(codec, photo):
 
 
 def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec, photo):
-    """The context is computed on the non-anchors only, from the taps that reach anchors: the values
-    there must be the full fixed-point computation's, exactly (the goldens pin the bitstreams too)."""
+    """The context reads the anchors only (``checkerboard_conv``) and its parameters are computed on the
+    non-anchors only: the values there must be the full fixed-point computation's, exactly (the goldens
+    pin the bitstreams too)."""
     import torch.nn.functional as F
 
-    from coldpress.codec.fixedpoint import _exact_conv, checkerboard_conv
+    from coldpress.codec.fixedpoint import _exact_conv, checkerboard_conv, checkerboard_kernel
     from coldpress.codec.networks import anchor_mask
 
     if not codec.loaded.has_context:
@@ -399,10 +400,10 @@ def test_context_parameters_on_the_non_anchors_equal_the_full_convolution(codec,
         w = torch.randint(-2047, 2048, (4, 5, k, k), generator=gen).double()
         anchor = anchor_mask(h, w_)
         full = _exact_conv(x * anchor, w)
-        got = checkerboard_conv(x, w, _exact_conv)
+        got = checkerboard_conv(x, checkerboard_kernel(w), _exact_conv)
         assert torch.equal(got[..., ~anchor], full[..., ~anchor]) and not got[..., anchor].any()
         assert h * w_ == 1 or full[..., ~anchor].any()  # not vacuous
-        approx = checkerboard_conv(x.float(), w.float(), lambda t, kk: F.conv2d(t, kk, padding=kk.shape[-1] // 2))
+        approx = checkerboard_conv(x.float(), checkerboard_kernel(w.float()), lambda t, kk: F.conv2d(t, kk, padding=kk.shape[-1] // 2))
         assert torch.allclose(approx[..., ~anchor].double(), full[..., ~anchor], rtol=1e-4, atol=1e-3 * float(full.abs().max()))
 
 

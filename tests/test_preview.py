@@ -31,19 +31,25 @@ def test_windows_lie_inside_the_image_on_a_grid(size):
         assert len(boxes) == preview.WINDOWS and len(set(boxes)) == len(boxes)
 
 
-@pytest.mark.parametrize("eighths", [8, 6])
-def test_windows_with_the_recorded_halo_are_the_whole_previews_pixels(codec, eighths, monkeypatch):
+@pytest.mark.parametrize("eighths, size", [(8, (420, 300)), (6, (420, 300)), (6, (421, 301))])
+def test_windows_with_the_recorded_halo_are_the_whole_previews_pixels(codec, eighths, size, monkeypatch):
     """Full scale and downscaled (Lanczos from the window's box): with the recorded tiling's halo, the
-    windows are exactly the whole preview's pixels there, at the borders too; the default, narrower halo
-    only approximates them."""
-    img = natural_image(300, 420, "RGB", seed=4)
+    windows are the whole preview's pixels there, at the borders too: exactly where the coded size is an
+    exact fraction in float32 (Pillow keeps the box in float32: 315/420 is, 316/421 is not, and there a
+    few samples move by a level)."""
+    width, height = size
+    img = natural_image(height, width, "RGB", seed=4)
     payload, q16 = codec._fit(img, eighths, 3000)
     params = {"q": q16, "s": eighths}
-    whole = codec._reconstruct(payload, params, 420, 300, preview=True)
-    boxes = [(13, 7, 200, 150), (0, 0, 420, 300), (220, 150, 200, 150)]
+    whole = codec._reconstruct(payload, params, width, height, preview=True)
+    boxes = [(13, 7, 200, 150), (0, 0, width, height), (220, 150, 200, 150)]
     monkeypatch.setattr(preview, "HALO", codec.loaded.decode_tiling.halo)
-    for part, (c, r, w, h) in zip(preview.window_pixels(codec, payload, params, 420, 300, boxes), boxes):
-        assert np.array_equal(part, whole[r:r + h, c:c + w])
+    for part, (c, r, w, h) in zip(preview.window_pixels(codec, payload, params, width, height, boxes), boxes):
+        diff = np.abs(part.astype(int) - whole[r:r + h, c:c + w].astype(int))
+        if size == (420, 300):
+            assert not diff.any()
+        else:
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_a_large_image_is_compared_on_windows_and_its_bitstream_restores(codec, monkeypatch):

@@ -46,3 +46,27 @@ def test_once_calibrated_by_one_coding_the_estimate_predicts_a_neighbouring_knob
         predicted = estimate[knob + 1] * real[knob] / estimate[knob]
         assert abs(predicted - real[knob + 1]) <= 24 + 0.005 * real[knob + 1], (knob, predicted, real)
 
+
+def test_the_estimates_context_is_the_float_checkerboard_contexts(codec):
+    """The estimate's context (anchors through ``checkerboard_conv``, parameters on the non-anchors only)
+    computes what the training network's ``CheckerboardContext.parameters_of`` computes with the same
+    float32 weights, up to float rounding, on odd and even latent sizes."""
+    from coldpress.codec.networks import CheckerboardContext
+
+    estimator = codec.loaded.rate_estimator
+    if estimator.context is None:
+        pytest.skip("the default model has no spatial context")
+    reference = CheckerboardContext(codec.net.cfg)
+    reference.context = torch.nn.Sequential(estimator.context)
+    reference.params = estimator.params
+    gen = torch.Generator().manual_seed(1)
+    m = codec.net.cfg.latent_channels
+    for h, w in ((9, 13), (12, 16)):
+        y = 4 * torch.randn(1, m, h, w, generator=gen)
+        means, scales = torch.randn(1, m, h, w, generator=gen), torch.rand(1, m, h, w, generator=gen) + 0.2
+        with torch.no_grad():
+            want = reference.parameters_of(y, means, scales)
+            got = estimator._context_parameters(y, means, scales)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+        assert not torch.allclose(got[0], means)  # the context changed something

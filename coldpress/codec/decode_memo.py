@@ -1,8 +1,8 @@
 """What an encode computed that the verify-on-write decode of its bitstream, which follows, computes again.
 
 An archive row is written only after its bitstream has been decoded (verify-on-write), on the codec
-that has just encoded it. ``DecodeMemo`` keeps, per codec instance, two kinds of small, bounded entries
-for that decode:
+that has just encoded it. ``DecodeMemo`` keeps, per codec instance and thread, two kinds of small,
+bounded entries for that decode:
 
 - **pixels**: the reconstructions the scale search's preview decoder made. For float32 models the preview
   is the decode itself (same networks, precision and tiling, from the payload's bytes), so the verify
@@ -15,13 +15,16 @@ for that decode:
   the memo, and a damaged or mis-written bitstream is caught as before. At 4 megapixels this skips the
   fixed-point hyper-synthesis and context (about 1.4 of the decode's 9 s on 2 Zen 3 cores).
 
-Entries are taken (removed) by the decode that uses them; ``clear`` drops them all (a restore benchmark
-calls it so that nothing from an encode is reused).
+Entries belong to the thread that made them (the verify decode runs in the encode's thread, and other
+threads' encodes never evict them); an encode starts by dropping its thread's earlier entries
+(``begin``), a decode removes what it takes, and ``clear`` drops every thread's (a restore benchmark calls
+it so that nothing from an encode is reused).
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +33,10 @@ import torch
 
 #: Reconstructions kept: at most this many, of images up to this many pixels.
 PIXEL_ENTRIES, MAX_PIXELS = 2, 1 << 24
-#: Coded latents kept (rate control codes one to three knobs per scale): at most this many, of latents
-#: up to this many values (4 megapixels: 3 M, about 60 MB an entry).
-LATENT_ENTRIES, MAX_LATENT_VALUES = 3, 1 << 23
+#: Coded latents kept per thread (rate control codes one or two knobs per scale, the scale search two
+#: scales): at most this many, of latents up to this many values (16 bytes each: 4 megapixels, 3 M values,
+#: about 50 MB an entry).
+LATENT_ENTRIES, MAX_LATENT_VALUES = 4, 1 << 22
 
 
 @dataclass(frozen=True)
@@ -53,43 +57,77 @@ def _pixel_key(payload: bytes, params: Any, width: int, height: int) -> tuple | 
         return None
 
 
-class DecodeMemo:
-    """Bounded, thread-safe memo of what encodes computed, for the decodes that follow them."""
+class _Entries:
+    """One thread's entries (weakly listed by the memo: they go with their thread)."""
+
+    __slots__ = ("pixels", "latents", "__weakref__")
 
     def __init__(self) -> None:
-        self._pixels: dict[tuple, np.ndarray] = {}
-        self._latents: dict[bytes, CodedLatent] = {}
-        self._lock = threading.Lock()
+        self.pixels: dict[tuple, np.ndarray] = {}
+        self.latents: dict[bytes, CodedLatent] = {}
 
-    @staticmethod
-    def _bounded(entries: dict, key, value, limit: int) -> None:
-        entries.pop(key, None)
-        entries[key] = value
-        while len(entries) > limit:
-            entries.pop(next(iter(entries)))
+
+def _bounded(entries: dict, key, value, limit: int) -> None:
+    entries.pop(key, None)
+    entries[key] = value
+    while len(entries) > limit:
+        entries.pop(next(iter(entries)))
+
+
+class DecodeMemo:
+    """Bounded memo, per thread, of what encodes computed, for the decodes that follow them."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._every: weakref.WeakSet[_Entries] = weakref.WeakSet()  # every live thread's, for ``clear``
+        self._lock = threading.Lock()  # ``clear`` reaches other threads' entries
+
+    def _mine(self) -> _Entries:
+        mine = getattr(self._local, "entries", None)
+        if mine is None:
+            mine = self._local.entries = _Entries()
+            self._every.add(mine)
+        return mine
+
+    def begin(self) -> None:
+        """An encode starts on this thread: what its earlier encodes kept is not needed any more."""
+        with self._lock:
+            mine = self._mine()
+            mine.pixels.clear()
+            mine.latents.clear()
 
     def keep_pixels(self, payload: bytes, params: Any, width: int, height: int, pixels: np.ndarray) -> None:
         if width * height <= MAX_PIXELS:
             with self._lock:
-                self._bounded(self._pixels, _pixel_key(payload, params, width, height), pixels, PIXEL_ENTRIES)
+                _bounded(self._mine().pixels, _pixel_key(payload, params, width, height), pixels, PIXEL_ENTRIES)
 
     def take_pixels(self, payload: bytes, params: Any, width: int, height: int) -> np.ndarray | None:
+        """The kept reconstruction of this decode, if any (its coded latent is then not needed either)."""
         with self._lock:
-            return self._pixels.pop(_pixel_key(payload, params, width, height), None)
+            mine = self._mine()
+            found = mine.pixels.pop(_pixel_key(payload, params, width, height), None)
+            if found is not None:
+                mine.latents.pop(bytes(payload), None)
+            return found
 
     def keep_latent(self, payload: bytes, coded: CodedLatent) -> None:
         if coded.means.numel() <= MAX_LATENT_VALUES:
             with self._lock:
-                self._bounded(self._latents, bytes(payload), coded, LATENT_ENTRIES)
+                _bounded(self._mine().latents, bytes(payload), coded, LATENT_ENTRIES)
 
     def take_latent(self, payload: bytes, keep: bool = False) -> CodedLatent | None:
-        """The coding that made ``payload``, if kept; removed unless ``keep`` (a preview, which a verify
-        decode of the same payload follows)."""
+        """The coding that made ``payload`` on this thread, if kept; removed unless ``keep`` (a preview,
+        which a verify decode of the same payload follows: it moves to the newest place instead)."""
         with self._lock:
-            key = bytes(payload)
-            return self._latents.get(key) if keep else self._latents.pop(key, None)
+            latents = self._mine().latents
+            found = latents.pop(bytes(payload), None)
+            if found is not None and keep:
+                latents[bytes(payload)] = found
+            return found
 
     def clear(self) -> None:
+        """Drop every thread's entries."""
         with self._lock:
-            self._pixels.clear()
-            self._latents.clear()
+            for entries in list(self._every):
+                entries.pixels.clear()
+                entries.latents.clear()

@@ -228,7 +228,9 @@ class LearnedCodec(Codec):
             return slice_coding.parameters(loaded, y, means, scales)
         if loaded.has_context:
             anchor = anchor_mask(*y.shape[-2:])
-            c_means, c_scales = loaded.context_parameters(torch.round(y - means) + means, means, scales)
+            # The anchors as the decoder holds them when it derives the second pass (zero elsewhere).
+            anchors_hat = torch.where(anchor, torch.round(y - means) + means, torch.zeros_like(y))
+            c_means, c_scales = loaded.context_parameters(anchors_hat, means, scales)
             means, scales = torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
         return means, scales
 
@@ -282,7 +284,8 @@ class LearnedCodec(Codec):
         z_string, pos = payload[pos : pos + n_z], pos + n_z
         with self._lock:
             z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
-        coded = self._decode_memo.take_latent(payload, keep=preview)
+        # A checked decode (precision_check) runs every stack, as it runs the synthesis.
+        coded = self._decode_memo.take_latent(payload, keep=preview) if precision_check.active() is None else None
         if coded is not None and not (coded.z_hat.shape == z_hat.shape and torch.equal(coded.z_hat, z_hat.cpu())):
             coded = None
         if coded is None:
@@ -345,6 +348,7 @@ class LearnedCodec(Codec):
 
     def _encode_rgb(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
         """Rate control (``_search``), then, at ``effort`` 1 or 2, refinement of the chosen scale's latent."""
+        self._decode_memo.begin()
         payload, params = self._search(rgb, max_payload_bytes)
         plan = EFFORTS[self.effort]
         if plan is None:
@@ -452,7 +456,7 @@ class LearnedCodec(Codec):
             raise BitstreamError(f"learned bitstream has out-of-range rate parameters {params}; it is corrupted")
         return q16, eighths
 
-    def coded_size(self, params: dict[str, Any], width: int, height: int) -> tuple[int, tuple[int, int]]:
+    def coded_geometry(self, params: dict[str, Any], width: int, height: int) -> tuple[int, tuple[int, int]]:
         """(knob in 1/16ths, (width, height) of the image as coded) of a payload's rate parameters."""
         q16, eighths = self._rate_params(params)
         return q16, _scaled_size(width, height, eighths)

@@ -30,8 +30,8 @@ from coldpress.codec.rate_estimate import RateEstimator
 from coldpress.codec.networks import (
     ExtremeCodecNet,
     NetConfig,
-    latent_passes,
     anchor_mask,
+    latent_passes,
     scale_table,
     synthesis_receptive_radius,
 )
@@ -159,9 +159,9 @@ class LoadedModel:
         the anchors, where nothing reads them, the hyperprior's ``means`` and ``scales`` unchanged.
 
         ``anchors_hat``: the decoded latent on the anchors (anything elsewhere is never read: the
-        context convolution is computed on the non-anchors only, from its taps that reach anchors, and
-        the parameter network, 1x1, on the non-anchors only: the values of the full computation there,
-        in about a third of its time). Every step is exact fixed point or a single float64 addition, so
+        context convolution reads the anchors only, as one half-resolution convolution of their phases,
+        ``fixedpoint.checkerboard_conv``, and the parameter network, 1x1, runs on the non-anchors only:
+        the values of the full computation there, in about a third of its time). Every step is exact fixed point or a single float64 addition, so
         the result is bit-identical on every device.
         """
         dev = self.ctx_fixed.w0.device

@@ -61,7 +61,7 @@ def windows(width: int, height: int) -> list[tuple[int, int, int, int]]:
 def window_pixels(codec, payload: bytes, params: dict[str, Any], width: int, height: int,
                   boxes: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
     """The float32 preview of a payload on each window (its latent decoded once)."""
-    q16, (sw, sh) = codec.coded_size(params, width, height)
+    q16, (sw, sh) = codec.coded_geometry(params, width, height)
     y_hat, inv_gain = codec._latent_of(payload, q16, sw, sh, preview=True)
     codec.syntheses += 1
     fx, fy = sw / width, sh / height

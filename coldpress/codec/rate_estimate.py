@@ -17,10 +17,9 @@ probe.
 from __future__ import annotations
 
 import torch
-
 import torch.nn.functional as F
 
-from coldpress.codec.fixedpoint import checkerboard_conv
+from coldpress.codec.fixedpoint import checkerboard_conv, checkerboard_kernel
 from coldpress.codec.networks import HyperSynthesis, anchor_mask
 
 #: The real bitstream's size over the estimate, before a coding has measured it: 1.005 to 1.03 on
@@ -42,6 +41,7 @@ class RateEstimator:
         self.context = self.params = None
         if loaded.has_context:
             (self.context,) = loaded.ctx_fixed.float_approximation()  # one k x k convolution
+            self.context_kernel = checkerboard_kernel(self.context.weight)
             self.params = loaded.ep_fixed.float_approximation()  # 1x1 convolutions and ReLUs
 
     @classmethod
@@ -70,8 +70,7 @@ class RateEstimator:
         conv = self.context
         rows, cols = (~anchor_mask(*y.shape[-2:], device=y.device)).nonzero(as_tuple=True)
         anchors_hat = torch.round(y - means) + means  # read only on the anchors
-        pad = conv.kernel_size[0] // 2
-        ctx = checkerboard_conv(anchors_hat, conv.weight, lambda x, k: F.conv2d(x, k, padding=(pad + 1) // 2))
+        ctx = checkerboard_conv(anchors_hat, self.context_kernel, lambda x, k: F.conv2d(x, k, padding=k.shape[-1] // 2))
         ctx = ctx[..., rows, cols].unsqueeze(2) + conv.bias[None, :, None, None]
         m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
         d_means, d_scales = self.params(torch.cat([m_at, s_at, ctx], dim=1)).chunk(2, dim=1)

@@ -107,7 +107,9 @@ def run_speed(args: argparse.Namespace) -> int:
             "encode": "codec.encode (analysis, rate and scale search with real entropy codings)",
             "encode+verify": "codec.encode then codec.decode of its bitstream, timed together: what archiving an "
                              "image costs (records.encode_record's verify-on-write; the learned codec's decode "
-                             "reuses the reconstruction its scale search made, when it made one)",
+                             "reuses the reconstruction its scale search made, when it made one, and the "
+                             "entropy parameters its codings derived, once the decoded hyper-latent and "
+                             "anchors are checked equal: coldpress/codec/decode_memo.py)",
             "decode": "codec.decode of the bitstream (entropy decoding and synthesis in the model's precision)",
         },
     }
