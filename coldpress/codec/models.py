@@ -32,6 +32,7 @@ from coldpress.codec.networks import (
     NetConfig,
     anchor_mask,
     latent_passes,
+    refined_non_anchors,
     scale_table,
     synthesis_receptive_radius,
 )
@@ -167,12 +168,7 @@ class LoadedModel:
         dev = self.ctx_fixed.w0.device
         rows, cols = (~anchor_mask(*anchors_hat.shape[-2:])).nonzero(as_tuple=True)
         ctx = self.ctx_fixed(anchors_hat.double().to(dev), at=(rows.to(dev), cols.to(dev)))  # (n, c, 1, positions)
-        m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
-        d_means, d_scales = self.ep_fixed(torch.cat([m_at.to(dev), s_at.to(dev), ctx], dim=1)).chunk(2, dim=1)
-        c_means, c_scales = means.clone(), scales.clone()
-        c_means[..., rows, cols] = m_at[:, :, 0] + d_means[:, :, 0].cpu()
-        c_scales[..., rows, cols] = s_at[:, :, 0] + d_scales[:, :, 0].cpu()
-        return c_means, c_scales
+        return refined_non_anchors(means, scales, rows, cols, ctx, self.ep_fixed)
 
     @functools.cached_property
     def back_stage(self) -> tuple[int, int]:

@@ -227,6 +227,20 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     return ij % 2 == 0
 
 
+def refined_non_anchors(means: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                        ctx: torch.Tensor, params) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, scales) with the non-anchors at (rows, cols) corrected by ``params`` (1x1 layers) from
+    [means, scales, ctx] there, ``ctx`` being the context on those positions, (n, c, 1, len(rows)); the
+    anchors keep the hyperprior's. Runs on ``ctx``'s device; the result is on ``means``'."""
+    m_at, s_at = means[..., rows, cols].unsqueeze(2), scales[..., rows, cols].unsqueeze(2)
+    dev = ctx.device
+    d_means, d_scales = params(torch.cat([m_at.to(dev), s_at.to(dev), ctx], dim=1)).chunk(2, dim=1)
+    means, scales = means.clone(), scales.clone()
+    means[..., rows, cols] = m_at[:, :, 0] + d_means[:, :, 0].to(means.device)
+    scales[..., rows, cols] = s_at[:, :, 0] + d_scales[:, :, 0].to(scales.device)
+    return means, scales
+
+
 class CheckerboardContext(nn.Module):
     """Entropy parameters of the non-anchor latents from the hyperprior's and the decoded anchors.
 
