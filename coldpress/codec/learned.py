@@ -8,8 +8,8 @@ device), and range coding of the latent with compressai's GaussianConditional. M
 checkerboard context code the latent in two passes (anchors, then the rest with parameters refined
 from the decoded anchors, also in fixed point).
 
-Payload: varint(len(z)) z y for hyperprior-only models; varint(len(z)) z varint(len(y_anchors))
-y_anchors y_others for checkerboard models; varint(len(z)) z y_passes for models with a channel context
+Payload: varint(len(z)) z, then the latent: y for hyperprior-only models, varint(len(y_anchors))
+y_anchors y_others for checkerboard models (``latent_coding.py``), y_passes for models with a channel context
 (every pass in one rANS stream, ``slice_coding.py``). The model id in the container says which.
 
 Rate control: for each candidate scale (largest first), the highest knob ``q`` whose real bitstream
@@ -41,12 +41,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from coldpress.codec import precision_check, preview, rate_control, slice_coding
+from coldpress.codec import latent_coding, precision_check, preview, rate_control, slice_coding
 from coldpress.codec.base import Codec
 from coldpress.codec.container import read_varint, varint
-from coldpress.codec.decode_memo import CodedLatent, DecodeMemo
+from coldpress.codec.decode_memo import DecodeMemo
 from coldpress.codec.models import LEGACY_DECODE_TILING, LoadedModel, load_model
-from coldpress.codec.networks import anchor_mask
 from coldpress.codec.rate_control import LOG_SIZE_SLOPE
 from coldpress.codec.refine import EFFORTS, REFINE_MAX_PIXELS, Refiner, check_effort
 from coldpress.codec.registry import register
@@ -219,20 +218,12 @@ class LearnedCodec(Codec):
         return y.double().cpu(), z
 
     def _latent_parameters(self, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means and scales of every latent position, exactly as the decoder will derive them: the
-        hyperprior's, refined on the non-anchors from the anchors rounded around the hyper means when
-        the model has a checkerboard context."""
+        """Means and scales of every latent position, exactly as the decoder will derive them."""
         loaded = self.loaded
         means, scales = loaded.hyper_parameters(z_hat)
         if loaded.has_slices:
             return slice_coding.parameters(loaded, y, means, scales)
-        if loaded.has_context:
-            anchor = anchor_mask(*y.shape[-2:])
-            # The anchors as the decoder holds them when it derives the second pass (zero elsewhere).
-            anchors_hat = torch.where(anchor, torch.round(y - means) + means, torch.zeros_like(y))
-            c_means, c_scales = loaded.context_parameters(anchors_hat, means, scales)
-            means, scales = torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
-        return means, scales
+        return latent_coding.parameters(loaded, y, means, scales)
 
     @torch.no_grad()
     def _code_latent(self, y: torch.Tensor, q16: int) -> bytes:
@@ -245,21 +236,9 @@ class LearnedCodec(Codec):
         if loaded.has_slices:
             means, scales = loaded.hyper_parameters(z_hat)
             return head + slice_coding.encode(loaded, y, means, scales)
-        means, scales = self._latent_parameters(y, z_hat)
-        indexes = loaded.scale_indexes(scales)
-        gc = net.gaussian_conditional
-        if not loaded.has_context:
-            with self._lock:
-                payload = head + gc.compress(y, indexes, means=means)[0]
-            self._decode_memo.keep_latent(payload, CodedLatent(z_hat.cpu(), means, indexes, None))
-            return payload
-        anchor = anchor_mask(*y.shape[-2:])
-        with self._lock:
-            anchors, others = (gc.compress(y[..., m], indexes[..., m], means=means[..., m])[0] for m in (anchor, ~anchor))
-        payload = head + varint(len(anchors)) + anchors + others
-        coded_anchors = torch.round(y[..., anchor] - means[..., anchor]) + means[..., anchor]
-        self._decode_memo.keep_latent(payload, CodedLatent(z_hat.cpu(), means, indexes, coded_anchors))
-        return payload
+        stream, coded = latent_coding.encode(loaded, y, z_hat)
+        self._decode_memo.keep_latent(head + stream, coded)
+        return head + stream
 
     @torch.no_grad()
     def estimate_bits(self, rgb: np.ndarray, q16: int, eighths: int = 8) -> float:
@@ -284,33 +263,11 @@ class LearnedCodec(Codec):
         z_string, pos = payload[pos : pos + n_z], pos + n_z
         with self._lock:
             z_hat = net.entropy_bottleneck.decompress([z_string], z_shape).to(self.device)
+        if loaded.has_slices:  # (its codings are not kept)
+            return slice_coding.decode(loaded, payload[pos:], *loaded.hyper_parameters(z_hat))
         # A checked decode (precision_check) runs every stack, as it runs the synthesis.
         coded = self._decode_memo.take_latent(payload, keep=preview) if precision_check.active() is None else None
-        if coded is not None and not (coded.z_hat.shape == z_hat.shape and torch.equal(coded.z_hat, z_hat.cpu())):
-            coded = None
-        if coded is None:
-            means, scales = loaded.hyper_parameters(z_hat)
-            if loaded.has_slices:  # (its codings are not kept)
-                return slice_coding.decode(loaded, payload[pos:], means, scales)
-            indexes = loaded.scale_indexes(scales)
-        else:
-            means, indexes = coded.means, coded.indexes
-        if not loaded.has_context:
-            return loaded.range_decode(payload[pos:], indexes, means)
-        n_a, pos = read_varint(payload, pos, "learned payload")
-        if pos + n_a > len(payload):
-            raise BitstreamError("learned payload is truncated (anchor latents longer than the payload)")
-        anchor = anchor_mask(*means.shape[-2:])
-        other = ~anchor
-        y_hat = torch.zeros_like(means)
-        y_hat[..., anchor] = loaded.range_decode(payload[pos : pos + n_a], indexes[..., anchor], means[..., anchor])
-        if coded is None or not torch.equal(y_hat[..., anchor], coded.anchors):
-            if coded is not None:  # the anchors differ from those coded: the context's own parameters
-                means, scales = loaded.hyper_parameters(z_hat)
-            means, scales = loaded.context_parameters(y_hat, means, scales)
-            indexes = loaded.scale_indexes(scales)
-        y_hat[..., other] = loaded.range_decode(payload[pos + n_a :], indexes[..., other], means[..., other])
-        return y_hat
+        return latent_coding.decode(loaded, payload[pos:], z_hat, coded)
 
     # -- the Codec contract --------------------------------------------------------------------
     def _params_probe(self) -> dict[str, Any]:
