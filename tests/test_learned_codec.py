@@ -427,18 +427,51 @@ def test_scale_search_keeps_the_better_reconstruction(codec, photo):
 
     h, w = photo.shape[:2]
     budget = int(0.05 * w * h / 8) - 40
+    assert codec._scale_choice(6, w, h, budget) == "compare"  # 0.083 bpp at 6/8: the two are compared
     payload, params = codec._encode_rgb(photo, budget)
     assert len(payload) <= budget
     fits = [(s, *codec._fit(photo, s, budget)) for s in SCALES_EIGHTHS]
     fits = [(s, p, q) for s, p, q in fits if p is not None][:2]  # the first two scales that fit
     plain = get_codec("learned", device="cpu", scale_search=False)
     assert plain._encode_rgb(photo, budget)[1] == {"q": fits[0][2], "s": fits[0][0]}
-    if fits[0][2] > SCALE_SEARCH_MAX_Q16:
-        assert params == {"q": fits[0][2], "s": fits[0][0]}  # a high knob: no search
+    if fits[0][2] > SCALE_SEARCH_MAX_Q16 or codec._scale_choice(fits[1][0], w, h, budget) != "compare":
+        assert params == {"q": fits[0][2], "s": fits[0][0]}  # a high knob, or a clear case: no comparison
         return
     quality = {s: psnr(photo, codec._reconstruct(p, {"q": q, "s": s}, w, h)) for s, p, q in fits}
     assert params["s"] in quality
     assert quality[params["s"]] >= max(quality.values()) - 0.05, (params, quality)
+
+
+def test_scale_choice_follows_the_bits_per_pixel_a_scale_would_code_at():
+    from coldpress.codec.learned import SCALE_LARGER_WINS_BPP, SCALE_SMALLER_WINS_BPP, LearnedCodec
+
+    choice = LearnedCodec._scale_choice
+    w, h = 768, 512  # 6/8: 576x384, 221184 pixels
+    at = lambda bpp: int(bpp * 576 * 384 / 8)  # noqa: E731 - the budget that codes 6/8 at bpp
+    assert choice(6, w, h, at(SCALE_SMALLER_WINS_BPP * 0.95)) == "smaller"
+    assert choice(6, w, h, at((SCALE_SMALLER_WINS_BPP + SCALE_LARGER_WINS_BPP) / 2)) == "compare"
+    assert choice(6, w, h, at(SCALE_LARGER_WINS_BPP * 1.05)) == "larger"
+    assert choice(4, w, h, at(SCALE_SMALLER_WINS_BPP * 0.95)) == "larger"  # the same bytes on a quarter of the pixels
+
+
+def test_a_scale_whose_smaller_one_clearly_wins_is_not_coded(photo):
+    """At the lowest rates the full size is passed over without a coding or a reconstruction: the
+    encoder fits 6/8 first, and 4/8 would code at too many bits per pixel to be compared."""
+    from coldpress.codec.learned import SCALE_LARGER_WINS_BPP, SCALE_SMALLER_WINS_BPP
+
+    h, w = photo.shape[:2]
+    codec = get_codec("learned", device="cpu")
+    budget = int(SCALE_SMALLER_WINS_BPP * 0.9 * 288 * 192 / 8)  # 6/8 of 384x256 at 0.9 x the threshold
+    assert codec._scale_choice(6, w, h, budget) == "smaller" and codec._scale_choice(4, w, h, budget) == "larger"
+    assert 8 * budget / (192 * 128) > SCALE_LARGER_WINS_BPP
+    fitted = []
+    fit = codec._fit
+    codec._fit = lambda rgb, eighths, *a: fitted.append(eighths) or fit(rgb, eighths, *a)  # records, runs the real fit
+    syntheses = codec.syntheses
+    payload, params = codec._encode_rgb(photo, budget)
+    assert len(payload) <= budget
+    assert params["s"] == 6 and fitted == [6]  # the only scale coded (it fits this photo and the synthetic one)
+    assert codec.syntheses == syntheses  # and nothing was reconstructed
 
 
 def test_codec_instances_of_one_model_share_one_coder_lock_and_code_concurrently():

@@ -64,9 +64,9 @@ def test_a_large_image_is_compared_on_windows_and_its_bitstream_restores(codec, 
 
     monkeypatch.setattr(preview, "compare", counted)
     codec.forget_decodes()
-    result = codec.encode(img, 0.03)
+    result = codec.encode(img, 0.04)  # 6/8 would code at 0.07 bpp: compared with 8/8
     assert len(compared) == 1  # two scales fitted (the knob landed low), compared on windows
     verified = codec.decode(result.bitstream)
     fresh = get_codec("learned", device="cpu").decode(result.bitstream)
     assert np.array_equal(verified, fresh)
-    assert len(result.bitstream) <= 0.03 * 384 * 512 / 8 + 64 and container.unpack(result.bitstream).params["s"] in (8, 6, 4)
+    assert len(result.bitstream) <= 0.04 * 384 * 512 / 8 and container.unpack(result.bitstream).params["s"] in (8, 6, 4)

@@ -16,10 +16,12 @@ Rate control: for each candidate scale (largest first), the highest knob ``q`` w
 fits the byte budget, searched on the model's float32 size estimate (``rate_estimate.py``) calibrated by
 the real codings made so far, and verified on real bitstreams (``rate_control.py``: 1 or 2 codings where the
 search on codings alone took 3 to 6 and a bisection 7 or 8); the payload kept is always a real coding
-within the budget. With
-``scale_search`` (the default), when the knob lands low, the next smaller scale is fitted too (its first
-coding at the knob predicted from the larger scale's) and kept when its reconstruction is clearly better
-(ASSR-EIC's point: at the lowest rates a downscaled image coded with more bits per pixel often wins).
+within the budget. With ``scale_search`` (the default) the scale is chosen by the bits per pixel the
+budget gives it (ASSR-EIC's point: at the lowest rates a downscaled image coded with more bits per pixel
+often wins): scales whose next smaller one would still code at few bits per pixel are passed over, and
+where the next smaller scale is neither clearly better nor clearly worse (and, at effort 0, the knob
+landed low) it is fitted too (its first coding at the knob predicted from the larger scale's) and kept
+when its reconstruction is clearly better.
 At ``effort`` 1 and 2 the chosen scale's latent is then refined for rate plus distortion (``refine.py``)
 and the knob searched again on the refined latent; the bitstream format is the same.
 
@@ -56,10 +58,20 @@ SCALES_EIGHTHS = (8, 6, 4, 3, 2)
 Q_STEPS = 16  # the rate knob is stored in 1/16ths
 TILE = 1024  # pixels; the encoder's analysis runs tile by tile on images larger than this on a side
 HALO = 64  # pixels of context on each side of an analysis tile (the shallow encoder sees 16 px)
-#: With scale search, a smaller scale replaces the larger one only when it is better by this much (PSNR).
+#: Scale search by the payload's bits per pixel at a scale (the budget over the pixels that scale codes):
+#: a scale that would code at fewer than SCALE_SMALLER_WINS_BPP beats the next larger one without
+#: comparing, one that would code at more than SCALE_LARGER_WINS_BPP loses to it; between the two the
+#: encoder fits both and compares their reconstructions. Measured (results/scale-choice/) on BSDS500
+#: test, SUN and underwater scenes: the smaller scale won 34/36, 24/28 and 48/48 times at 0.027-0.052,
+#: 47/63 (BSDS500) and 12/22 (underwater) at 0.060-0.064, 58/119 times at 0.080-0.088, and lost 96/110,
+#: 2/2 and 19/20 times at 0.104-0.117.
+SCALE_SMALLER_WINS_BPP, SCALE_LARGER_WINS_BPP = 0.058, 0.10
+#: Where they are compared, a smaller scale replaces the larger one only when it is better by this much (PSNR).
 SCALE_SEARCH_MARGIN_DB = 0.02
-#: ... and it is tried only when the larger scale's knob is this low (in 1/16ths): higher knobs never
-#: lost to a smaller scale on Kodak, so the search would only cost time there.
+#: ... and at ``effort`` 0 it is tried only when the larger scale's knob is this low (in 1/16ths), since a
+#: comparison costs a second fit and two reconstructions: at 0.05 bpp the smaller scale won 2/30 times on
+#: SUN scenes and 34/59 on BSDS500, but 22/30 on underwater scenes, whose knobs land above the limit
+#: (effort 0 leaves a mean 0.12 dB there; efforts 1 and 2 compare whatever the knob).
 SCALE_SEARCH_MAX_Q16 = 2 * Q_STEPS
 #: Decodes whose recorded tiling covers the synthesis' receptive field run its back stage (the last two
 #: upsamplings and the tail) in tiles of this many output pixels a side, inside outer tiles of this
@@ -313,12 +325,17 @@ class LearnedCodec(Codec):
         return self._refined(rgb, max_payload_bytes, payload, params, plan)
 
     def _search(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
-        """The largest scale whose lowest knob fits, the highest knob that fits there; with
-        ``scale_search``, when that knob is low, the next smaller scale is tried too and kept when it
-        reconstructs better."""
+        """The highest knob that fits at the largest scale that fits; with ``scale_search``, the scale is
+        chosen by the bits per pixel it would code at (``_scale_choice``): scales whose next smaller one
+        would still code at few bits per pixel are passed over (it wins), and where the next smaller scale
+        is neither clearly better nor clearly worse, it is fitted too and kept when it reconstructs better."""
+        h, w = rgb.shape[:2]
+        scales = list(SCALES_EIGHTHS)
+        while self.scale_search and len(scales) > 1 and self._scale_choice(scales[1], w, h, max_payload_bytes) == "smaller":
+            scales.pop(0)
         fits: list[tuple[bytes, dict[str, Any]]] = []
         lowest = None
-        for eighths in SCALES_EIGHTHS:
+        for i, eighths in enumerate(scales):
             start = 0
             if fits:  # the same bytes on (e/8)^2 of the pixels: the knob rises by about log(area ratio) / slope
                 q_prev, e_prev = fits[-1][1]["q"], fits[-1][1]["s"]
@@ -328,7 +345,9 @@ class LearnedCodec(Codec):
                 lowest = q16 if lowest is None else min(lowest, q16)
                 continue
             fits.append((payload, {"q": q16, "s": eighths}))
-            if len(fits) == 2 or not self.scale_search or q16 > SCALE_SEARCH_MAX_Q16:
+            if len(fits) == 2 or not self.scale_search or i + 1 == len(scales) or (q16 > SCALE_SEARCH_MAX_Q16 and not self.effort):
+                break
+            if self._scale_choice(scales[i + 1], w, h, max_payload_bytes) == "larger":
                 break
         if not fits:
             h, w = rgb.shape[:2]
@@ -348,6 +367,17 @@ class LearnedCodec(Codec):
         if 10 * math.log10(mse[0] / max(mse[1], 1e-12)) > SCALE_SEARCH_MARGIN_DB:
             return fits[1]
         return fits[0]
+
+    @staticmethod
+    def _scale_choice(eighths: int, width: int, height: int, max_payload_bytes: int) -> str:
+        """How scale ``eighths`` fares against the next larger one, judged by the payload bits per pixel
+        it would code at: "smaller" (it wins, below ``SCALE_SMALLER_WINS_BPP``), "larger" (it loses,
+        above ``SCALE_LARGER_WINS_BPP``) or "compare" (reconstruct both)."""
+        sw, sh = _scaled_size(width, height, eighths)
+        coded_bpp = 8 * max_payload_bytes / (sw * sh)
+        if coded_bpp < SCALE_SMALLER_WINS_BPP:
+            return "smaller"
+        return "larger" if coded_bpp > SCALE_LARGER_WINS_BPP else "compare"
 
     def _preview_mse(self, rgb: np.ndarray, payload: bytes, params: dict[str, Any]) -> float:
         h, w = rgb.shape[:2]
