@@ -504,3 +504,18 @@ def test_concurrent_encodes_leave_later_decodes_unchanged(photo):
         list(pool.map(lambda img: codec.encode(img, 0.3), images))
     assert torch.backends.mkldnn.enabled
     assert np.array_equal(codec.decode(data), before)
+
+
+def test_effort_0_compares_scales_only_at_low_knobs_and_higher_efforts_whatever_the_knob():
+    from coldpress.codec.learned import SCALE_SEARCH_MAX_Q16
+
+    img = natural_image(384, 512, "RGB", seed=12)
+    budget = int(0.05 * 384 * 512 / 8) - 40
+    fast, thorough = get_codec("learned", device="cpu"), get_codec("learned", device="cpu", effort=1)
+    assert fast._scale_choice(6, 512, 384, budget) == "compare"
+    q_full = fast._fit(img, 8, budget)[1]
+    assert q_full > SCALE_SEARCH_MAX_Q16  # this image's knob lands high at 8/8
+    _, params = fast._search(img, budget)
+    assert params == {"q": q_full, "s": 8} and fast.syntheses == 0  # no comparison at effort 0
+    thorough._search(img, budget)  # rate control only (refinement follows it in _encode_rgb)
+    assert thorough.syntheses == 2  # both scales reconstructed and compared
