@@ -436,7 +436,7 @@ def test_scale_search_keeps_the_better_reconstruction(codec, photo):
     assert plain._encode_rgb(photo, budget)[1] == {"q": fits[0][2], "s": fits[0][0]}
     if fits[0][2] > SCALE_SEARCH_MAX_Q16 or codec._scale_choice(fits[1][0], w, h, budget) != "compare":
         assert params == {"q": fits[0][2], "s": fits[0][0]}  # a high knob, or a clear case: no comparison
-        return
+        pytest.skip(f"this photo's knob ({fits[0][2]}) or scales ({fits}) give no comparison (the Kodak crop does)")
     quality = {s: psnr(photo, codec._reconstruct(p, {"q": q, "s": s}, w, h)) for s, p, q in fits}
     assert params["s"] in quality
     assert quality[params["s"]] >= max(quality.values()) - 0.05, (params, quality)
@@ -454,7 +454,7 @@ def test_scale_choice_follows_the_bits_per_pixel_a_scale_would_code_at():
     assert choice(4, w, h, at(SCALE_SMALLER_WINS_BPP * 0.95)) == "larger"  # the same bytes on a quarter of the pixels
 
 
-def test_a_scale_whose_smaller_one_clearly_wins_is_not_coded(photo):
+def test_a_scale_whose_smaller_one_clearly_wins_is_not_coded(photo, monkeypatch):
     """At the lowest rates the full size is passed over without a coding or a reconstruction: the
     encoder fits 6/8 first, and 4/8 would code at too many bits per pixel to be compared."""
     from coldpress.codec.learned import SCALE_LARGER_WINS_BPP, SCALE_SMALLER_WINS_BPP
@@ -466,7 +466,7 @@ def test_a_scale_whose_smaller_one_clearly_wins_is_not_coded(photo):
     assert 8 * budget / (192 * 128) > SCALE_LARGER_WINS_BPP
     fitted = []
     fit = codec._fit
-    codec._fit = lambda rgb, eighths, *a: fitted.append(eighths) or fit(rgb, eighths, *a)  # records, runs the real fit
+    monkeypatch.setattr(codec, "_fit", lambda rgb, eighths, *a: fitted.append(eighths) or fit(rgb, eighths, *a))  # records
     syntheses = codec.syntheses
     payload, params = codec._encode_rgb(photo, budget)
     assert len(payload) <= budget
@@ -506,6 +506,28 @@ def test_concurrent_encodes_leave_later_decodes_unchanged(photo):
     assert np.array_equal(codec.decode(data), before)
 
 
+def test_without_scale_search_the_full_size_is_coded_first_even_where_a_smaller_scale_would_win(photo, monkeypatch):
+    h, w = photo.shape[:2]
+    codec = get_codec("learned", device="cpu", scale_search=False)
+    budget = int(0.03 * w * h / 8) - 40
+    assert codec._scale_choice(6, w, h, budget) == "smaller"
+    fitted = []
+    fit = codec._fit
+    monkeypatch.setattr(codec, "_fit", lambda rgb, eighths, *a: fitted.append(eighths) or fit(rgb, eighths, *a))
+    payload, params = codec._encode_rgb(photo, budget)
+    assert fitted[0] == 8 and params["s"] == fitted[-1] and len(payload) <= budget
+
+
+def test_a_budget_too_small_for_every_scale_says_so_after_scales_were_passed_over(photo):
+    from coldpress.errors import RateUnreachableError
+
+    h, w = photo.shape[:2]
+    codec = get_codec("learned", device="cpu")
+    assert codec._scale_choice(3, w, h, 20) == "smaller"  # 8/8 to 3/8 passed over: only 2/8 is tried
+    with pytest.raises(RateUnreachableError, match=r"cannot fit this 384x256 image into 20 payload bytes .* raise --bpp"):
+        codec._encode_rgb(photo, 20)
+
+
 def test_effort_0_compares_scales_only_at_low_knobs_and_higher_efforts_whatever_the_knob():
     from coldpress.codec.learned import SCALE_SEARCH_MAX_Q16
 
@@ -515,7 +537,8 @@ def test_effort_0_compares_scales_only_at_low_knobs_and_higher_efforts_whatever_
     assert fast._scale_choice(6, 512, 384, budget) == "compare"
     q_full = fast._fit(img, 8, budget)[1]
     assert q_full > SCALE_SEARCH_MAX_Q16  # this image's knob lands high at 8/8
+    before = fast.syntheses, thorough.syntheses
     _, params = fast._search(img, budget)
-    assert params == {"q": q_full, "s": 8} and fast.syntheses == 0  # no comparison at effort 0
+    assert params == {"q": q_full, "s": 8} and fast.syntheses == before[0]  # no comparison at effort 0
     thorough._search(img, budget)  # rate control only (refinement follows it in _encode_rgb)
-    assert thorough.syntheses == 2  # both scales reconstructed and compared
+    assert thorough.syntheses == before[1] + 2  # both scales reconstructed and compared

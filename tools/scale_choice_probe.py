@@ -59,6 +59,8 @@ def summarize(paths: list[str]) -> None:
                     (8 * budget / (sw * sh), float(r["margin_db"]), int(r["q_large"]), choice))
     print("file, bpp, larger scale: smaller scale's coded bpp; smaller wins; mean margin; "
           "rule - knob limit alone (dB); comparisons knob limit / rule")
+    print("(each row judges one pair of scales, the first two that fit from 8/8 down; where the rule takes the "
+          "smaller scale it may then compare that one with the next smaller, which no row counts)")
     for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2])):
         rows = groups[key]
         wins = sum(m > SCALE_SEARCH_MARGIN_DB for _, m, _, _ in rows)

@@ -62,16 +62,17 @@ HALO = 64  # pixels of context on each side of an analysis tile (the shallow enc
 #: a scale that would code at fewer than SCALE_SMALLER_WINS_BPP beats the next larger one without
 #: comparing, one that would code at more than SCALE_LARGER_WINS_BPP loses to it; between the two the
 #: encoder fits both and compares their reconstructions. Measured (results/scale-choice/) on BSDS500
-#: test, SUN and underwater scenes: the smaller scale won 34/36, 24/28 and 48/48 times at 0.027-0.052,
-#: 47/63 (BSDS500) and 12/22 (underwater) at 0.060-0.064, 58/119 times at 0.080-0.088, and lost 96/110,
-#: 2/2 and 19/20 times at 0.104-0.117.
-SCALE_SMALLER_WINS_BPP, SCALE_LARGER_WINS_BPP = 0.058, 0.10
+#: test, SUN and underwater scenes: the smaller scale won 34/36, 24/28 and 48/48 times at 0.027-0.052 (and
+#: 13/13 at 0.043-0.044 where 6/8 met 4/8 or 4/8 met 3/8, BSDS500), 47/63 (BSDS500) and 12/22 (underwater)
+#: at 0.060-0.064, 76/141 times at 0.079-0.088, and lost 15/15 times at 0.097 (3/8 against 2/8) and 28/39
+#: at 0.0997 (BSDS500), and 96/110, 2/2 and 19/20 times at 0.104-0.117.
+SCALE_SMALLER_WINS_BPP, SCALE_LARGER_WINS_BPP = 0.058, 0.095
 #: Where they are compared, a smaller scale replaces the larger one only when it is better by this much (PSNR).
 SCALE_SEARCH_MARGIN_DB = 0.02
 #: ... and at ``effort`` 0 it is tried only when the larger scale's knob is this low (in 1/16ths), since a
 #: comparison costs a second fit and two reconstructions: at 0.05 bpp the smaller scale won 2/30 times on
 #: SUN scenes and 34/59 on BSDS500, but 22/30 on underwater scenes, whose knobs land above the limit
-#: (effort 0 leaves a mean 0.12 dB there; efforts 1 and 2 compare whatever the knob).
+#: (effort 0 leaves a mean 0.15 dB there at 0.05 bpp, 0.17 at 0.04; efforts 1 and 2 compare whatever the knob).
 SCALE_SEARCH_MAX_Q16 = 2 * Q_STEPS
 #: Decodes whose recorded tiling covers the synthesis' receptive field run its back stage (the last two
 #: upsamplings and the tail) in tiles of this many output pixels a side, inside outer tiles of this
@@ -327,8 +328,9 @@ class LearnedCodec(Codec):
     def _search(self, rgb: np.ndarray, max_payload_bytes: int) -> tuple[bytes, dict[str, Any]]:
         """The highest knob that fits at the largest scale that fits; with ``scale_search``, the scale is
         chosen by the bits per pixel it would code at (``_scale_choice``): scales whose next smaller one
-        would still code at few bits per pixel are passed over (it wins), and where the next smaller scale
-        is neither clearly better nor clearly worse, it is fitted too and kept when it reconstructs better."""
+        would still code at few bits per pixel are passed over (never coded: the smaller one wins), and
+        where the next smaller scale is neither clearly better nor clearly worse, it is fitted too and kept
+        when it reconstructs better."""
         h, w = rgb.shape[:2]
         scales = list(SCALES_EIGHTHS)
         while self.scale_search and len(scales) > 1 and self._scale_choice(scales[1], w, h, max_payload_bytes) == "smaller":
@@ -350,7 +352,6 @@ class LearnedCodec(Codec):
             if self._scale_choice(scales[i + 1], w, h, max_payload_bytes) == "larger":
                 break
         if not fits:
-            h, w = rgb.shape[:2]
             raise RateUnreachableError(
                 f"learned codec cannot fit this {w}x{h} image into {max_payload_bytes} payload bytes "
                 f"(its lowest rate needs about {lowest} bytes, {8 * lowest / (w * h):.4f} bpp); raise --bpp"
@@ -359,7 +360,6 @@ class LearnedCodec(Codec):
             return fits[0]
         # Compare the reconstructions (float32 preview decoder) at full size; the smaller scale must win
         # clearly (SCALE_SEARCH_MARGIN_DB) so that a near-tie never depends on float rounding.
-        h, w = rgb.shape[:2]
         if preview.windowed(self, w, h):  # large images: the smaller scale whole, the larger on windows
             mse = list(preview.compare(self, rgb, fits[0], fits[1]))
         else:
