@@ -27,18 +27,14 @@ import math
 import os
 
 
-from coldpress.codec import container
-from coldpress.codec.base import Bitstream
 from coldpress.codec.learned import (SCALE_SEARCH_MARGIN_DB, SCALE_SEARCH_MAX_Q16, SCALES_EIGHTHS, LearnedCodec,
                                      _scaled_size)
 from coldpress.transforms.sources import list_images, read_rgb
 
 
 def budget_of(codec: LearnedCodec, w: int, h: int, bpp: float) -> int:
-    """The payload budget ``Codec.encode`` gives ``_encode_rgb`` (its header estimate)."""
-    probe = Bitstream(codec=codec.name, width=w, height=h, mode="RGB", payload=b"", params=codec._params_probe(),
-                      model_id=codec.model_id, weights_hash=codec.weights_hash, alpha=b"")
-    return int(bpp * w * h / 8) - (container.header_size(probe) + 8)
+    """The payload budget ``Codec.encode`` gives ``_encode_rgb``."""
+    return int(bpp * w * h / 8) - codec.container_overhead(w, h)
 
 
 def psnr(mse: float) -> float:

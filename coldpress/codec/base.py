@@ -139,6 +139,15 @@ class Codec(abc.ABC):
         return rgb[row:row + h, col:col + w]
 
     # -- the public contract -------------------------------------------------------------------
+    def container_overhead(self, width: int, height: int, mode: str = "RGB", alpha: bytes = b"") -> int:
+        """Bytes of a ``bpp`` budget that ``encode`` keeps for the container: the header's size plus room
+        for the payload length varint and params that grow a little (the payload gets the rest)."""
+        probe = Bitstream(
+            codec=self.name, width=width, height=height, mode=mode, payload=b"", params=self._params_probe(),
+            model_id=self.model_id, weights_hash=self.weights_hash, alpha=alpha,
+        )
+        return container.header_size(probe) + 8
+
     def encode(self, image: np.ndarray, bpp: float) -> EncodeResult:
         """Encode one image at or below ``bpp`` bits per pixel (container bytes included)."""
         bpp = check_bpp(bpp)
@@ -149,12 +158,7 @@ class Codec(abc.ABC):
         if alpha is not None and not np.all(alpha == 255):
             alpha_bytes = _png_bytes(np.ascontiguousarray(alpha))
         budget = int(bpp * w * h / 8)
-        probe = Bitstream(
-            codec=self.name, width=w, height=h, mode=mode, payload=b"", params=self._params_probe(),
-            model_id=self.model_id, weights_hash=self.weights_hash, alpha=alpha_bytes,
-        )
-        # Header size plus room for the payload length varint and params that grow a little.
-        overhead = container.header_size(probe) + 8
+        overhead = self.container_overhead(w, h, mode, alpha_bytes)
         max_payload = budget - overhead
         if max_payload <= 0:
             what = "the container header and alpha plane together take" if alpha_bytes else "the container header takes"

@@ -28,20 +28,25 @@ def parameters(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales
     """Means and scales of every position of the gain-scaled latent ``y`` exactly as the decoder derives
     them from the hyperprior's: refined on the non-anchors from the anchors rounded around the hyper
     means when the model has a checkerboard context."""
+    return _parameters(loaded, y, means, scales)[:2]
+
+
+def _parameters(loaded: LoadedModel, y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor):
+    """``parameters`` and the anchors as coded (rounded around their means; zero elsewhere), or None."""
     if not loaded.has_context:
-        return means, scales
+        return means, scales, None
     anchor = anchor_mask(*y.shape[-2:])
     # The anchors as the decoder holds them when it derives the second pass (zero elsewhere).
     anchors_hat = torch.where(anchor, torch.round(y - means) + means, torch.zeros_like(y))
     c_means, c_scales = loaded.context_parameters(anchors_hat, means, scales)
-    return torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales)
+    return torch.where(anchor, means, c_means), torch.where(anchor, scales, c_scales), anchors_hat
 
 
 @torch.no_grad()
 def encode(loaded: LoadedModel, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[bytes, CodedLatent]:
     """(the strings of the gain-scaled latent ``y`` (float64, CPU), what the coding derived), given the
     decoded hyper-latent ``z_hat``."""
-    means, scales = parameters(loaded, y, *loaded.hyper_parameters(z_hat))
+    means, scales, anchors_hat = _parameters(loaded, y, *loaded.hyper_parameters(z_hat))
     indexes = loaded.scale_indexes(scales)
     gc = loaded.net.gaussian_conditional
     if not loaded.has_context:
@@ -51,8 +56,7 @@ def encode(loaded: LoadedModel, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[b
     anchor = anchor_mask(*y.shape[-2:])
     with loaded.coder_lock:
         anchors, others = (gc.compress(y[..., m], indexes[..., m], means=means[..., m])[0] for m in (anchor, ~anchor))
-    coded_anchors = torch.round(y[..., anchor] - means[..., anchor]) + means[..., anchor]
-    return varint(len(anchors)) + anchors + others, CodedLatent(z_hat.cpu(), means, indexes, coded_anchors)
+    return varint(len(anchors)) + anchors + others, CodedLatent(z_hat.cpu(), means, indexes, anchors_hat[..., anchor])
 
 
 @torch.no_grad()
